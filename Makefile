@@ -1,0 +1,31 @@
+# Two commands do all set-up: `make demo` and `make test` create or refresh .venv themselves.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-slow demo bench clean
+
+setup: $(STAMP)
+
+# Re-install only when the project's dependencies change (idempotent, fast when nothing changed).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,torch]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+demo: setup
+	$(VENV)/bin/pspec demo
+
+bench: setup
+	$(VENV)/bin/pspec bench mpc
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,1 @@
+"""Subcommands of `pspec`; see pspec_jax.cli."""
