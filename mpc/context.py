@@ -1,0 +1,109 @@
+"""The MPC session context and `secure_jit`.
+
+A `Context` bundles what every protocol needs: the frozen config (static), the channel
+(which records into the ledger) and the dealer. Protocols take it as their first argument
+and never read globals.
+
+`secure_jit(fn)` compiles `fn(ctx, *arrays, **static)` once per input signature. The
+ledger entries recorded while tracing depend only on shapes, so they are captured at
+trace time and added once per call; dealer randomness is drawn fresh on every call
+through ordered host callbacks (see `mpc.dealer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from mpc.channel import BOTH, SimChannel
+from mpc.dealer import Dealer
+from mpc.fixed import FixedPoint
+from mpc.ledger import Ledger
+from mpc.shares import CLIENT, Shared
+
+
+@dataclasses.dataclass(frozen=True)
+class MPCConfig:
+    """Static protocol configuration (a jit static argument; never mutated).
+
+    Attributes:
+      fixed: the fixed-point format (fractional bits).
+      compare_bits: bits examined by comparisons. 64 is exact for every ring value; a
+        smaller ℓ is exact for |x| < 2^(ℓ−1) (in ring units) and saves rounds and bytes.
+    """
+
+    fixed: FixedPoint = FixedPoint()
+    compare_bits: int = 64
+
+    def __post_init__(self):
+        if not 8 <= self.compare_bits <= 64:
+            raise ValueError(f"compare_bits must be in [8, 64], got {self.compare_bits}")
+
+    @property
+    def frac_bits(self) -> int:
+        return self.fixed.frac_bits
+
+
+class Context:
+    """One MPC session in simulation: config, ledger, channel, dealer."""
+
+    def __init__(self, config: MPCConfig = MPCConfig(), seed: bytes | None = None,
+                 ledger: Ledger | None = None) -> None:
+        self.config = config
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.channel = SimChannel(self.ledger)
+        self.dealer = Dealer(self.channel, seed=seed)
+        self._programs: dict[Any, tuple[Any, list]] = {}
+
+    # --- inputs and outputs ------------------------------------------------------------
+    def share(self, x, owner: int = CLIENT, frac: int | None = None) -> Shared:
+        """Secret-share `owner`'s private real-valued input (fixed-point encoded).
+
+        The non-owner's share is drawn from a key the two parties agree on once per
+        session, so sharing an input costs no online bytes.
+        """
+        frac = self.config.frac_bits if frac is None else frac
+        enc = FixedPoint(frac).encode(x) if frac else np.asarray(x).astype(np.int64).astype(np.uint64)
+        return self.share_ring(enc, owner, frac)
+
+    def share_ring(self, value, owner: int = CLIENT, frac: int = 0) -> Shared:
+        """Secret-share ring elements held by `owner` (see `share`)."""
+        value = jax.numpy.asarray(value, jax.numpy.uint64)
+        peer_share = self.dealer.pairwise_mask(value.shape)
+        own = value - peer_share
+        s0, s1 = (own, peer_share) if owner == CLIENT else (peer_share, own)
+        return Shared.from_parties(s0, s1, frac)
+
+    def reveal(self, x: Shared, to=BOTH, op: str = "reveal") -> jax.Array:
+        """Open a shared value and decode it to float64 at its scale."""
+        ring = self.channel.open(op, x, to=to)
+        return FixedPoint(x.frac).decode(ring) if x.frac else ring.astype(np.int64)
+
+
+def secure_jit(fn: Callable) -> Callable:
+    """Compile `fn(ctx, *args, **static)`; count its communication once per call.
+
+    `args` is a pytree of arrays / shared tensors; keyword arguments are static (hashable)
+    and part of the cache key.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(ctx: Context, *args, **static):
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        sig = tuple((np.shape(x), np.result_type(x)) for x in leaves)
+        key = (fn, tree, sig, tuple(sorted(static.items())))
+        if key not in ctx._programs:
+            jitted = jax.jit(lambda *a: fn(ctx, *a, **static))
+            with ctx.ledger.capture() as entries:
+                compiled = jitted.lower(*args).compile()
+            ctx._programs[key] = (compiled, entries)
+        compiled, entries = ctx._programs[key]
+        out = compiled(*args)
+        ctx.ledger.extend(entries)
+        return out
+
+    return wrapped

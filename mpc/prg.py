@@ -1,0 +1,39 @@
+"""Cryptographic pseudo-random streams for the dealer (AES-128 in counter mode).
+
+Each party's correlated randomness is expanded from a 16-byte key the dealer shares with
+that party, so the dealer only sends keys and correction tensors (seed compression). Keys
+come from `os.urandom`; a fixed seed (tests, reproducible runs) derives them with
+SHA-256. JAX's threefry is *not* used: it is not designed as a cryptographic PRG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+KEY_BYTES = 16
+
+
+def derive_keys(count: int, seed: bytes | None = None) -> list[bytes]:
+    """`count` independent AES keys: fresh from os.urandom, or derived from `seed`."""
+    if seed is None:
+        return [os.urandom(KEY_BYTES) for _ in range(count)]
+    return [hashlib.sha256(b"pspec-dealer-key|%d|" % i + seed).digest()[:KEY_BYTES] for i in range(count)]
+
+
+class AesCtrStream:
+    """An endless stream of uniformly random uint64 words (AES-128-CTR keystream)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"AES-128 key must be {KEY_BYTES} bytes, got {len(key)}")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(b"\0" * 16)).encryptor()
+        self.words_drawn = 0
+
+    def words(self, n: int) -> np.ndarray:
+        n = int(n)
+        self.words_drawn += n
+        return np.frombuffer(self._enc.update(bytes(8 * n)), dtype=np.uint64)

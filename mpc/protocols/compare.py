@@ -1,0 +1,122 @@
+"""Comparison family: AND, MSB, less-than, ReLU, select, bit conversion.
+
+MSB follows the A2B-with-carry-tree design of SPU and CrypTen: each party's share, as a
+bit string, is one addend of x = x_0 + x_1; the sign bit of the sum is
+p_63 ⊕ carry_63, and the carry into bit 63 is a parallel-prefix (Kogge–Stone) over
+generate/propagate bits, computed with dealer AND triples on whole 64-bit words (one
+word per element, every level of every element of a call batched into one exchange).
+
+Costs per party for n elements, with ℓ = `MPCConfig.compare_bits` (64 by default) and
+L = ⌈log2(ℓ − 1)⌉ prefix levels (6 for ℓ = 64):
+  msb:         1 + L rounds; 4·L·⌈ℓ/8⌉·n bytes (2L ANDs: the generate AND, two per
+               level but the last, one at the last; each opens two ℓ-bit words per
+               element) — 7 rounds and 192·n bytes at ℓ = 64
+  b2a:         1 round, ⌈n/8⌉ bytes
+  select_bit:  1 round, 8·n + ⌈n/8⌉ bytes (B2A fused with the product)
+  relu, select, lt: msb + select_bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mpc.context import Context
+from mpc.shares import CLIENT, SERVER, Shared, XorShared
+
+_ONE = np.uint64(1)
+
+
+def _low_mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
+
+
+def and_many(ctx: Context, pairs: list[tuple[XorShared, XorShared]], bits: int = 64,
+             op: str = "and") -> list[XorShared]:
+    """Bitwise ANDs of XOR-shared words, all in one round (Beaver on GF(2)^64).
+
+    For each pair: dealer triple (a, b, c = a & b); open e = x ⊕ a, f = y ⊕ b;
+    z = c ⊕ (e & b) ⊕ (f & a) ⊕ (e & f) (party 0 adds the last term).
+    Cost: 2·⌈bits/8⌉ bytes per word per pair per party, 1 round.
+    """
+    triples = [ctx.dealer.and_triple(x.shape) for x, _ in pairs]
+    opened = ctx.channel.open(op, [t for (x, y), (a, b, _) in zip(pairs, triples)
+                                   for t in (x ^ a, y ^ b)], bits=bits)
+    out = []
+    for i, (a, b, c) in enumerate(triples):
+        e, f = opened[2 * i], opened[2 * i + 1]
+        out.append((c ^ b.and_public(e) ^ a.and_public(f)).xor_public(e & f))
+    return out
+
+
+def msb(ctx: Context, x: Shared, op: str = "msb") -> XorShared:
+    """The sign bit of x, XOR-shared in bit 0 of each word. See the module docstring."""
+    bits = ctx.config.compare_bits
+    mask = _low_mask(bits)
+    x0, x1 = x.v[CLIENT] & mask, x.v[SERVER] & mask
+    zeros = np.zeros(x.shape, np.uint64)
+    # Generate bits g = x_0 & x_1 (an AND of two privately held words); propagate p = x_0 ⊕ x_1.
+    (g,) = and_many(ctx, [(XorShared.from_parties(x0, zeros), XorShared.from_parties(zeros, x1))],
+                    bits=bits, op=f"{op}/and")
+    p_top = XorShared.from_parties(x0, x1) >> (bits - 1)
+    p = XorShared.from_parties(x0, x1)
+    levels = math.ceil(math.log2(bits - 1))
+    for level in range(levels):
+        s = 1 << level
+        if level < levels - 1:
+            gp, pp = and_many(ctx, [(p, g << s), (p, p << s)], bits=bits, op=f"{op}/and")
+            g, p = (g ^ gp).and_public(mask), pp.and_public(mask)
+        else:
+            (gp,) = and_many(ctx, [(p, g << s)], bits=bits, op=f"{op}/and")
+            g = (g ^ gp).and_public(mask)
+    # g now holds, in bit i, the carry out of bits [0, i]; the carry into the top bit is bit ℓ−2.
+    return (p_top ^ (g >> (bits - 2))).and_public(_ONE)
+
+
+def b2a(ctx: Context, b: XorShared, op: str = "b2a") -> Shared:
+    """A XOR-shared bit (bit 0) as arithmetic shares (frac 0).
+
+    Dealer: random bit r with XOR and arithmetic shares. Open c = b ⊕ r; then
+    b = c + r − 2·c·r = c + (1 − 2c)·[r]. Cost: ⌈n/8⌉ bytes per party, 1 round.
+    """
+    r_xor, r = ctx.dealer.bit_pair(b.shape)
+    c = ctx.channel.open(op, b ^ r_xor, bits=1)
+    return r.mul_public(_ONE - (c << _ONE)).add_public(c)
+
+
+def select_bit(ctx: Context, b: XorShared, x: Shared, op: str = "select") -> Shared:
+    """b · x for a XOR-shared bit b and an arithmetic x, in one round (B2A fused with the
+    product).
+
+    Dealer: random bit r (XOR and arithmetic shares), random a, and [r·a]. Open
+    c = b ⊕ r (1 bit) and d = x − a together; with b = c + (1 − 2c)·r:
+        b·x = c·d + c·[a] + (1 − 2c)·(d·[r] + [r·a]).
+    Cost: 8·n + ⌈n/8⌉ bytes per party, 1 round. Exact.
+    """
+    r_xor, r, a, ra = ctx.dealer.bit_select_quad(x.shape)
+    c, d = ctx.channel.open(op, [b ^ r_xor, x - a.with_frac(x.frac)], bits=1)
+    c = c & _ONE
+    one_minus_2c = _ONE - (c << _ONE)
+    z = a.mul_public(c) + (r.mul_public(d) + ra).mul_public(one_minus_2c)
+    return z.add_public(c * d).with_frac(x.frac)
+
+
+def not_bit(b: XorShared) -> XorShared:
+    """1 ⊕ b for a bit in bit 0 (local)."""
+    return b.xor_public(_ONE)
+
+
+def relu(ctx: Context, x: Shared, op: str = "relu") -> Shared:
+    """max(x, 0) = (1 ⊕ msb(x)) · x. Cost: msb + select_bit."""
+    return select_bit(ctx, not_bit(msb(ctx, x, op=op + "/msb")), x, op=op + "/select")
+
+
+def lt(ctx: Context, x: Shared, y: Shared, op: str = "lt") -> XorShared:
+    """[x < y] as a XOR-shared bit = msb(x − y) (valid while |x − y| < 2^(ℓ−1))."""
+    return msb(ctx, x - y, op=op)
+
+
+def select(ctx: Context, b: XorShared, x: Shared, y: Shared, op: str = "select") -> Shared:
+    """b ? x : y = y + b·(x − y). Cost: select_bit."""
+    return y + select_bit(ctx, b, x - y, op=op)
