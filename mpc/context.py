@@ -21,7 +21,7 @@ import numpy as np
 
 from mpc.channel import BOTH, SimChannel
 from mpc.dealer import Dealer
-from mpc.fixed import FixedPoint
+from mpc.fixed import FixedPoint, decode
 from mpc.ledger import Ledger
 from mpc.shares import CLIENT, Shared
 
@@ -81,7 +81,7 @@ class Context:
     def reveal(self, x: Shared, to=BOTH, op: str = "reveal") -> jax.Array:
         """Open a shared value and decode it to float64 at its scale."""
         ring = self.channel.open(op, x, to=to)
-        return FixedPoint(x.frac).decode(ring) if x.frac else ring.astype(np.int64)
+        return decode(ring, x.frac) if x.frac else ring.astype(np.int64)
 
 
 def secure_jit(fn: Callable) -> Callable:
@@ -94,7 +94,7 @@ def secure_jit(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapped(ctx: Context, *args, **static):
         leaves, tree = jax.tree_util.tree_flatten(args)
-        sig = tuple((np.shape(x), np.result_type(x)) for x in leaves)
+        sig = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
         key = (fn, tree, sig, tuple(sorted(static.items())))
         if key not in ctx._programs:
             jitted = jax.jit(lambda *a: fn(ctx, *a, **static))

@@ -50,7 +50,11 @@ class FixedPoint:
                 raise ValueError(f"fixed-point overflow: |x| >= {self.max_abs:g} at f={self.frac_bits}")
         return jnp.round(jnp.asarray(x, jnp.float64) * self.scale).astype(jnp.int64).astype(DTYPE)
 
-    def decode(self, x: jax.Array, frac_bits: int | None = None) -> jax.Array:
-        """Ring elements at scale 2^frac_bits (default: this format's) -> float64."""
-        f = self.frac_bits if frac_bits is None else frac_bits
-        return to_signed(x).astype(jnp.float64) / float(1 << f)
+    def decode(self, x: jax.Array) -> jax.Array:
+        """Ring elements at this format's scale -> float64."""
+        return decode(x, self.frac_bits)
+
+
+def decode(x: jax.Array, frac_bits: int) -> jax.Array:
+    """Ring elements at scale 2^frac_bits (any, e.g. an untruncated product) -> float64."""
+    return to_signed(x).astype(jnp.float64) / float(2**frac_bits)
