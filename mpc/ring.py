@@ -88,3 +88,35 @@ def ring_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     middle = p_sum - p00 - p11
     high = p11 + cross.astype(jnp.uint32).astype(DTYPE)
     return p00 + (middle << 16) + (high << 32)
+
+
+SMALL_BITS = 20  # |w| < 2^20 ring units (|w| < 16 at f = 16): see ring_matmul_small
+
+
+def small_operand(w: jax.Array) -> jax.Array | None:
+    """The float64 form of a ring matrix whose entries are small signed integers
+    (|w| < 2^SMALL_BITS), for `ring_matmul_small`; None if some entry is too large."""
+    w_int = to_signed(w)
+    if bool(jnp.max(jnp.abs(w_int)) >= (1 << SMALL_BITS)):
+        return None
+    return w_int.astype(jnp.float64)
+
+
+def ring_matmul_small(a: jax.Array, w_small: jax.Array) -> jax.Array:
+    """Exact `a @ w` mod 2^64 for uint64 `a` (..., m, k) and a matrix of small signed
+    integers `w_small` (k, n) given as float64 (see `small_operand`).
+
+    With 16-bit limbs a = Σ_i 2^(16i)·a_i, each a_i @ w is an exact float64 integer
+    (|summand| < 2^36, k < 2^17), so a @ w = Σ_i 2^(16i)·(a_i @ w) mod 2^64. The four limb
+    products run as ONE dot of a (4·m, k) stack — for the few rows of a decoding step
+    that reads w once instead of four times. A server's plain weight is such a matrix.
+    """
+    a = jnp.asarray(a, DTYPE)
+    if a.shape[-1] >= 1 << 17:
+        raise ValueError(f"ring_matmul_small contraction length {a.shape[-1]} >= 2^17 would lose exactness")
+    limbs = jnp.stack([((a >> (16 * i)) & 0xFFFF).astype(jnp.float64) for i in range(4)])  # (4, ..., m, k)
+    prods = jnp.matmul(limbs, w_small, precision=_HI)  # (4, ..., m, n)
+    out = _f64_to_ring(prods[0])
+    for i in range(1, 4):
+        out = out + (_f64_to_ring(prods[i]) << (16 * i))
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from mpc.context import Context
 from mpc.fixed import FixedPoint
-from mpc.ring import DTYPE, msb, ring_matmul
+from mpc.ring import DTYPE, msb, ring_matmul, ring_matmul_small, small_operand
 from mpc.shares import CLIENT, SERVER, Shared
 
 
@@ -90,16 +90,20 @@ class ServerWeight:
       f: F = W − B, the weight under the dealer's fixed mask B, opened to the client once
          per session (client).
       mask: B (dealer; it correlates each call's triple with it).
+      w_small: w as float64 when its entries are small signed integers (the usual case
+         for trained weights at f = 16), for the server's fast exact product
+         (`ring_matmul_small`); None otherwise.
       frac: fixed-point scale of w.
     """
 
     w: jax.Array
     f: jax.Array
     mask: jax.Array
+    w_small: jax.Array | None
     frac: int
 
     def tree_flatten(self):
-        return (self.w, self.f, self.mask), self.frac
+        return (self.w, self.f, self.mask, self.w_small), self.frac
 
     @classmethod
     def tree_unflatten(cls, frac, children):
@@ -120,7 +124,7 @@ def setup_weight(ctx: Context, w, frac: int | None = None, op: str = "weight") -
     w_ring = FixedPoint(frac).encode(w) if not (hasattr(w, "dtype") and w.dtype == DTYPE) else jnp.asarray(w)
     mask = ctx.dealer.weight_mask(w_ring.shape)
     ctx.channel.setup(op, 0, 8 * int(np.prod(w_ring.shape)))
-    return ServerWeight(w_ring, w_ring - mask, mask, frac)
+    return ServerWeight(w_ring, w_ring - mask, mask, small_operand(w_ring) if w_ring.ndim == 2 else None, frac)
 
 
 def _weight_product(ctx: Context, x: Shared, sw: ServerWeight, product, op: str) -> Shared:
@@ -131,7 +135,10 @@ def _weight_product(ctx: Context, x: Shared, sw: ServerWeight, product, op: str)
     # 3. Client: A ∘ F + c_0 (A, F, c_0 are known before the call: precomputable).
     #    Server: (x_1 + E) ∘ W + c_1.     Sum: A∘(F + B − W) + x∘W = x∘W.
     z0 = product(a, sw.f) + c.v[CLIENT]
-    z1 = product(x.v[SERVER] + e, sw.w) + c.v[SERVER]
+    if product is ring_matmul and sw.w_small is not None:
+        z1 = ring_matmul_small(x.v[SERVER] + e, sw.w_small) + c.v[SERVER]
+    else:
+        z1 = product(x.v[SERVER] + e, sw.w) + c.v[SERVER]
     return Shared.from_parties(z0, z1, x.frac + sw.frac)
 
 

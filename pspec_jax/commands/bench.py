@@ -1,0 +1,49 @@
+"""`pspec bench {mpc,forward,decode}`: benchmarks that print tables (and `--json`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from pspec_jax.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("what", choices=["mpc", "forward", "decode"], help="which benchmark")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
+    parser.add_argument("--quick", action="store_true", help="skip the largest shapes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def _bench_mpc(args) -> dict:
+    from pspec_jax.benchmarks import mpc as bench
+
+    shapes = [(5, 576, 1536)] if args.quick else [(512, 768, 768), (5, 576, 1536)]
+    result = {"ring_matmul": bench.ring_matmul_rows(shapes, args.repeats),
+              "protocols": bench.protocol_rows(args.repeats, only_small=args.quick)}
+    if importlib.util.find_spec("mpc.bench_nonlinear") is not None:
+        from mpc.bench_nonlinear import nonlinear_rows
+
+        result["nonlinear"] = nonlinear_rows(args.repeats)
+    return result
+
+
+def run(args) -> int:
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    runners = {"mpc": _bench_mpc}
+    for name, module in (("forward", "pspec_jax.benchmarks.forward"), ("decode", "pspec_jax.benchmarks.decode")):
+        if importlib.util.find_spec(module) is not None:
+            runners[name] = importlib.import_module(module).run_bench
+    if args.what not in runners:
+        raise UserError(f"`pspec bench {args.what}` is not available in this build yet")
+    result = runners[args.what](args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    from pspec_jax.benchmarks.table import format_table
+
+    for section, rows in result.items():
+        print(f"\n## {section}\n")
+        print(format_table(rows))
+    return 0
