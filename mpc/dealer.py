@@ -129,6 +129,14 @@ class Dealer:
         (c,) = self._share("weight_triple", [product(a, mask)])
         return a, c
 
+    def operand_triple(self, mask: jax.Array, shape_a, product=ring_matmul) -> tuple[Shared, Shared]:
+        """For x ∘ Y with Y under a fixed shared mask B (value `mask`, which the dealer
+        drew and remembers): a fresh shared A and shares of C = A ∘ B.
+        Correction: 8·|C| bytes."""
+        (a,) = self._random_shared([shape_a])
+        (c,) = self._share("operand_triple", [product(a.v[0] + a.v[1], mask)])
+        return a, c
+
     def trunc_pair(self, shape, frac_bits: int) -> tuple[Shared, Shared, Shared]:
         """(r, r >> f, msb(r)) for truncation by f bits. Corrections: 16·|shape| bytes."""
         (r,) = self._random_shared([shape])

@@ -126,3 +126,18 @@ def test_truncate_ten_million_elements(chunk):
         assert np.all((d == 0) | (d == 1)), f"max error {np.abs(d).max()} ulp"
         worst, total = max(worst, int(d.max())), total + chunk
     assert total >= 10**7 and worst <= 1
+
+
+def test_masked_once_operand_matmul():
+    ctx = mpc.Context(seed=b"masked")
+    rng = np.random.default_rng(5)
+    x, y = _q(ctx, rng.normal(size=(2, 3, 8))), _q(ctx, rng.normal(size=(2, 8, 5)))
+    (Y,) = L.mask_once(ctx, [ctx.share(y, owner=mpc.SERVER)])
+    np.testing.assert_array_equal(np.asarray(ctx.reveal(Y.value())), y)
+    mark = ctx.ledger.snapshot()
+    z = L.matmul_masked(ctx, ctx.share(x), Y)
+    t = ctx.ledger.since(mark).totals()
+    assert (t.bytes0, t.bytes1, t.rounds) == (8 * x.size, 8 * x.size, 1)  # y is not reopened
+    np.testing.assert_array_equal(np.asarray(ctx.reveal(z)), x @ y)
+    zt = L.matmul_masked(ctx, ctx.share(x[:, :, :5]), Y.transpose(0, 2, 1))
+    np.testing.assert_array_equal(np.asarray(ctx.reveal(zt)), x[:, :, :5] @ y.transpose(0, 2, 1))

@@ -113,6 +113,12 @@ class ServerWeight:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.w.shape)
 
+    @property
+    def T(self) -> "ServerWeight":
+        """The transposed weight under the transposed mask (e.g. a tied LM head); no set-up."""
+        return ServerWeight(self.w.T, self.f.T, self.mask.T, None if self.w_small is None else self.w_small.T,
+                            self.frac)
+
 
 def setup_weight(ctx: Context, w, frac: int | None = None, op: str = "weight") -> ServerWeight:
     """Session set-up for one server weight: the dealer draws its fixed mask B (from the
@@ -168,6 +174,66 @@ def linear(ctx: Context, x: Shared, sw: ServerWeight, bias: jax.Array | None = N
     scale (added by the server locally). Cost: matmul_weight + truncate(m·n), 2 rounds."""
     y = truncate(ctx, matmul_weight(ctx, x, sw, op=op), sw.frac, op=op + "/trunc")
     return y if bias is None else y.add_public(bias, party=SERVER)
+
+
+# --- shared operands masked once (the KV cache) -----------------------------------------
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class MaskedShared:
+    """A shared tensor Y kept as Y = F + B: B a dealer mask (shared, fixed), F = Y − B
+    opened to both parties once. Products with Y then open only the other operand — the
+    fixed-operand Beaver trick applied to a shared value (the KV cache: each row is masked
+    when appended and reused by every later step's QKᵀ and PV).
+    """
+
+    mask: Shared  # B, shared; the dealer keeps its value (sum of the shares)
+    opened: jax.Array  # F = Y − B, public
+
+    def tree_flatten(self):
+        return (self.mask, self.opened), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.mask.shape
+
+    @property
+    def frac(self) -> int:
+        return self.mask.frac
+
+    def value(self) -> Shared:
+        """Y itself as an ordinary sharing (F added by party 0)."""
+        return self.mask.add_public(self.opened)
+
+    def transpose(self, *axes) -> "MaskedShared":
+        return MaskedShared(self.mask.transpose(*axes), self.opened.transpose(*axes))
+
+
+def mask_once(ctx: Context, ys: list[Shared], op: str = "mask_once") -> list[MaskedShared]:
+    """Put fresh dealer masks B on each y and open every F = y − B to both, in one round.
+    Cost: 8·Σ|y| bytes per party, 1 round (once per value, e.g. per appended cache row)."""
+    bs = [ctx.dealer.random_shared(y.shape).with_frac(y.frac) for y in ys]
+    opened = ctx.channel.open(op, [y - b for y, b in zip(ys, bs)])
+    return [MaskedShared(b, f) for b, f in zip(bs, opened)]
+
+
+def matmul_masked(ctx: Context, x: Shared, y: MaskedShared, op: str = "matmul_masked") -> Shared:
+    """x @ Y for shared x (..., m, k) and a masked-once Y (..., k, n), untruncated.
+
+    1. Dealer: fresh A (shape of x) and shares of C = A @ B.
+    2. Open E = x − A to both (one round).
+    3. x @ Y = (E + A)(F + B) = E@F + E@[B] + [A]@F + [C]   (party 0 adds E@F).
+    Cost: 8·|x| bytes per party, 1 round — Y's side is never reopened.
+    """
+    b_value = y.mask.v[CLIENT] + y.mask.v[SERVER]  # the dealer's own copy of B
+    a, c = ctx.dealer.operand_triple(b_value, x.shape)
+    e = ctx.channel.open(op, x - a.with_frac(x.frac))
+    z0 = c.v[CLIENT] + ring_matmul(e, y.mask.v[CLIENT]) + ring_matmul(a.v[CLIENT], y.opened) + ring_matmul(e, y.opened)
+    z1 = c.v[SERVER] + ring_matmul(e, y.mask.v[SERVER]) + ring_matmul(a.v[SERVER], y.opened)
+    return Shared.from_parties(z0, z1, x.frac + y.frac)
 
 
 # --- truncation -----------------------------------------------------------------------
