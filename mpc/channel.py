@@ -67,13 +67,19 @@ class SimChannel:
         out = [x.v[CLIENT] + x.v[SERVER] if isinstance(x, Shared) else x.v[CLIENT] ^ x.v[SERVER] for x in xs]
         return out[0] if single else out
 
-    def send(self, op: str, src: int, values: jax.Array | Sequence[jax.Array], bits: int = 64):
-        """Party `src` sends values it holds privately to the other party."""
+    def send(self, op: str, src: int, values: jax.Array | Sequence[jax.Array], bits: int = 64,
+             piggyback: bool = False):
+        """Party `src` sends values it holds privately to the other party.
+
+        `piggyback=True`: the values are known before, and travel with, the next message
+        `src` sends anyway (e.g. the client's draft-dependent OT offsets ride on the first
+        message of the secure pass): bytes are counted, no round is added.
+        """
         single = not isinstance(values, (list, tuple))
         vs = [values] if single else list(values)
         self._guard(vs)
         n = _nbytes(vs, bits)
-        self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 1)
+        self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 0 if piggyback else 1)
         vs = [jnp.asarray(v) for v in vs]
         return vs[0] if single else vs
 

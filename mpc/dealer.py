@@ -137,6 +137,23 @@ class Dealer:
         (c,) = self._share("operand_triple", [product(a.v[0] + a.v[1], mask)])
         return a, c
 
+    def index_ot(self, rows: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Random 1-out-of-`width` OT per row: the server gets pads R (rows, width) from its
+        stream; the client gets a uniform index t (rows,) from its stream and R[t]
+        (correction: 8 bytes per row). Indices are reduced from 64-bit words (bias
+        < width / 2^64)."""
+        w0, w1 = self._draw(rows, rows * width)
+        t = (w0 % np.uint64(width)).astype(jnp.int32)
+        pads = w1.reshape(rows, width)
+        self.channel.dealer("index_ot", 8 * rows, 0)
+        return pads, t, jnp.take_along_axis(pads, t[:, None], axis=1)[:, 0]
+
+    def party_random(self, party: int, shape) -> jax.Array:
+        """A party's own private random words (its local PRG, expanded from its key)."""
+        n = _n(shape)
+        w0, w1 = self._draw(n if party == 0 else 0, n if party == 1 else 0)
+        return (w0 if party == 0 else w1).reshape(shape)
+
     def trunc_pair(self, shape, frac_bits: int) -> tuple[Shared, Shared, Shared]:
         """(r, r >> f, msb(r)) for truncation by f bits. Corrections: 16·|shape| bytes."""
         (r,) = self._random_shared([shape])
