@@ -50,9 +50,15 @@ def and_many(ctx: Context, pairs: list[tuple[XorShared, XorShared]], bits: int =
     return out
 
 
-def msb(ctx: Context, x: Shared, op: str = "msb") -> XorShared:
-    """The sign bit of x, XOR-shared in bit 0 of each word. See the module docstring."""
-    bits = ctx.config.compare_bits
+def msb(ctx: Context, x: Shared, op: str = "msb", bits: int | None = None) -> XorShared:
+    """The sign bit of x, XOR-shared in bit 0 of each word. See the module docstring.
+
+    `bits` (default `MPCConfig.compare_bits`): examine only the low ℓ bits, exact while
+    |x| < 2^(ℓ−1) ring units — callers that know their range pass a smaller ℓ.
+    """
+    bits = ctx.config.compare_bits if bits is None else bits
+    if not 8 <= bits <= 64:
+        raise ValueError(f"msb: bits must be in [8, 64], got {bits}")
     mask = _low_mask(bits)
     x0, x1 = x.v[CLIENT] & mask, x.v[SERVER] & mask
     zeros = np.zeros(x.shape, np.uint64)
@@ -107,14 +113,31 @@ def not_bit(b: XorShared) -> XorShared:
     return b.xor_public(_ONE)
 
 
-def relu(ctx: Context, x: Shared, op: str = "relu") -> Shared:
+def relu(ctx: Context, x: Shared, op: str = "relu", bits: int | None = None) -> Shared:
     """max(x, 0) = (1 ⊕ msb(x)) · x. Cost: msb + select_bit."""
-    return select_bit(ctx, not_bit(msb(ctx, x, op=op + "/msb")), x, op=op + "/select")
+    return select_bit(ctx, not_bit(msb(ctx, x, op=op + "/msb", bits=bits)), x, op=op + "/select")
 
 
-def lt(ctx: Context, x: Shared, y: Shared, op: str = "lt") -> XorShared:
+def lt(ctx: Context, x: Shared, y: Shared, op: str = "lt", bits: int | None = None) -> XorShared:
     """[x < y] as a XOR-shared bit = msb(x − y) (valid while |x − y| < 2^(ℓ−1))."""
-    return msb(ctx, x - y, op=op)
+    return msb(ctx, x - y, op=op, bits=bits)
+
+
+def prefix_and(ctx: Context, word: XorShared, width: int, op: str = "prefix_and") -> XorShared:
+    """Bit i of the result = AND of bits 0..i of `word` (bits ≥ width ignored).
+
+    Kogge–Stone over the bit positions of one word per element: ⌈log2 width⌉ rounds, one
+    AND of `width`-bit words per round (2·⌈width/8⌉ bytes per element per party).
+    """
+    low = _low_mask(width)
+    p = word.and_public(low)
+    s = 1
+    while s < width:
+        shifted = (p << s).xor_public(np.uint64((1 << s) - 1))  # missing positions count as 1
+        (p,) = and_many(ctx, [(p, shifted)], bits=width, op=op)
+        p = p.and_public(low)
+        s *= 2
+    return p
 
 
 def select(ctx: Context, b: XorShared, x: Shared, y: Shared, op: str = "select") -> Shared:

@@ -1,0 +1,81 @@
+"""`pspec bench forward`: one secure pass of the private model over T new tokens at a
+fixed context, T = 1, 2, 4, 8, 16 — the cost curve POST rests on.
+
+The cache is set to the context length without running a prefill: a pass's compute,
+bytes and rounds depend only on shapes, never on the cached values, so this measures
+exactly the pass a decoding step runs. Each T is compiled by a warm-up pass first; the
+figures are the median of `repeats` passes (ledger of one pass).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+
+import mpc
+
+TOKENS = (1, 2, 4, 8, 16)
+
+
+def forward_rows(bundle, context: int = 64, tokens=TOKENS, repeats: int = 3) -> list[dict]:
+    from pspec_jax.secure import SecureSession
+
+    session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens))
+    rows = []
+    for T in tokens:
+        ids = jnp.arange(T, dtype=jnp.int32) % bundle.config.vocab_size
+        times = []
+        for i in range(repeats + 1):
+            session.rollback(0)
+            session.cache = session.cache.rollback(context)
+            mark = session.ledger.snapshot()
+            t0 = time.perf_counter()
+            session.forward(ids)
+            if i:  # the first pass compiles
+                times.append(time.perf_counter() - t0)
+        one = session.ledger.since(mark)
+        t = one.totals()
+        compute = statistics.median(times)
+        rows.append({"T": T, "compute_s": compute, "bytes_per_party": t.bytes_per_party, "rounds": t.rounds,
+                     "lan_s": compute + mpc.network("lan").seconds(one),
+                     "wan_s": compute + mpc.network("wan").seconds(one)})
+    base = rows[0]
+    for r in rows:
+        for k in ("compute_s", "bytes_per_party", "lan_s", "wan_s"):
+            r[f"{k}/T1"] = r[k] / base[k]
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = [r["T"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label in (("compute_s/T1", "compute"), ("bytes_per_party/T1", "bytes"),
+                       ("lan_s/T1", "lan time"), ("wan_s/T1", "wan time")):
+        ax.plot(T, [r[key] for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("new tokens in the pass (T)")
+    ax.set_ylabel("cost relative to T = 1")
+    ax.set_title("Secure pass cost vs tokens (SmolLM2-135M, context 64)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def run_bench(args) -> dict:
+    from pspec_jax.models import load_default_private
+
+    rows = forward_rows(load_default_private(), repeats=args.repeats if args.repeats < 5 else 3,
+                        tokens=(1, 2, 4) if args.quick else TOKENS)
+    png = plot(rows, Path(getattr(args, "out", None) or "out") / "forward_cost.png")
+    return {"forward": rows, "plot": [{"path": str(png)}]}
