@@ -1,0 +1,151 @@
+"""The secure backend: the `Ops` protocol (pspec_jax.models.ops) over secret shares.
+
+The architectures in `pspec_jax.models.arch` run unchanged on it: activations are
+`mpc.Shared` tensors, the server's weights are `ServerWeight`s prepared once per session
+(`prepare_params`), the KV cache holds shared keys and values. Every product is followed
+by the truncation that keeps activations at the context's fixed-point scale.
+
+Who holds what: token ids are the client's (shared as one-hot rows); weights, norm scales
+and biases are the server's; positions, RoPE tables and the causal mask are public.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mpc
+from mpc.protocols import linear as L
+from mpc.shares import SERVER, Shared, concatenate
+
+F64 = jnp.float64
+
+
+def prepare_params(ctx: mpc.Context, params: Any) -> Any:
+    """The server's session set-up: every weight matrix and norm scale becomes a
+    `ServerWeight` (its masked value opened to the client once); biases become ring
+    vectors the server adds locally. Runs eagerly, once per session.
+    """
+    fp = ctx.config.fixed
+
+    def convert(path, leaf):
+        name = str(getattr(path[-1], "key", getattr(path[-1], "idx", path[-1])))
+        if name in ("b", "bias"):
+            return fp.encode(np.asarray(leaf, np.float64))
+        with ctx.ledger.scope("setup"):
+            return L.setup_weight(ctx, np.asarray(leaf, np.float64), op=name)
+
+    return jax.tree_util.tree_map_with_path(convert, params)
+
+
+class SecureOps:
+    """`Ops` over `mpc.Shared` activations. Holds the MPC context (not traced)."""
+
+    name = "secure"
+
+    def __init__(self, ctx: mpc.Context) -> None:
+        self.ctx = ctx
+        from mpc.protocols import nonlinear as NL  # the nonlinear library
+
+        self.nl = NL
+
+    @property
+    def frac(self) -> int:
+        return self.ctx.config.frac_bits
+
+    # --- linear layers ---------------------------------------------------------------
+    def embed(self, table: L.ServerWeight, token_ids: jax.Array) -> Shared:
+        """One-hot rows of the client's token ids (frac 0) @ the server's table: exact, no
+        truncation. Cost: 8·T·V bytes from the client, 1 round."""
+        ctx = self.ctx
+        onehot = (token_ids[..., None] == jnp.arange(table.shape[0])[None]).astype(jnp.uint64)
+        with ctx.ledger.scope("embed"):
+            x = ctx.share_ring(onehot, owner=mpc.CLIENT, frac=0)
+            return L.matmul_weight(ctx, x, table, op="embed")
+
+    def linear(self, x: Shared, w: L.ServerWeight, b=None) -> Shared:
+        with self.ctx.ledger.scope("linear"):
+            return L.linear(self.ctx, x, w, bias=b)
+
+    def scale(self, x: Shared, c: float) -> Shared:
+        return L.mul_const(self.ctx, x, c)
+
+    def mul(self, a: Shared, b: Shared) -> Shared:
+        return L.mul_fixed(self.ctx, a, b)
+
+    def rope(self, x: Shared, cos: jax.Array, sin: jax.Array) -> Shared:
+        """x·cos + rotate_half(x)·sin with public tables: local products, one truncation."""
+        fp = self.ctx.config.fixed
+        half = x.shape[-1] // 2
+        rot = concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        c, s = fp.encode(cos[:, None, :]), fp.encode(sin[:, None, :])  # (T, 1, D)
+        y = x.mul_public(c, frac=2 * self.frac) + rot.mul_public(s, frac=2 * self.frac)
+        return L.truncate(self.ctx, y, self.frac, op="rope")
+
+    # --- nonlinear -------------------------------------------------------------------
+    def layernorm(self, x, scale, bias, eps):
+        with self.ctx.ledger.scope("layernorm"):
+            return self.nl.layernorm(self.ctx, x, scale, bias, eps)
+
+    def rmsnorm(self, x, scale, eps):
+        with self.ctx.ledger.scope("rmsnorm"):
+            return self.nl.rmsnorm(self.ctx, x, scale, eps)
+
+    def gelu(self, x):
+        with self.ctx.ledger.scope("gelu"):
+            return self.nl.gelu(self.ctx, x)
+
+    def silu(self, x):
+        with self.ctx.ledger.scope("silu"):
+            return self.nl.silu(self.ctx, x)
+
+    # --- attention with a shared KV cache ----------------------------------------------
+    def new_layer_cache(self, batch, max_len, n_kv_heads, head_dim):
+        """Keys and values as masked-once operands (`mpc.protocols.linear.MaskedShared`):
+        each row's masked value is opened when it is appended and reused by every later
+        step, so a step opens only its new rows and its queries."""
+        shape = (batch, max_len, n_kv_heads, head_dim)
+        empty = L.MaskedShared(Shared(jnp.zeros((2, *shape), jnp.uint64), self.frac), jnp.zeros(shape, jnp.uint64))
+        return {"k": empty, "v": empty}
+
+    def attention(self, q: Shared, k_new: Shared, v_new: Shared, layer_cache, start):
+        """Causal attention over the shared cache (see `Ops.attention`).
+
+        Rounds: mask the new rows (1), QKᵀ (1), scale + truncate (1), softmax, PV (1),
+        truncate (1). Scores for all S cache rows are computed (static shapes); rows beyond
+        a query's position are removed by the softmax's public causal mask.
+        """
+        ctx = self.ctx
+        B, T, H, D = q.shape
+        K = k_new.shape[2]
+        G = H // K
+        start = jnp.asarray(start, jnp.int32)
+        zero = jnp.zeros((), jnp.int32)
+
+        def write(cache: L.MaskedShared, new: L.MaskedShared) -> L.MaskedShared:
+            mask = jax.lax.dynamic_update_slice(cache.mask.v, new.mask.v, (zero, zero, start, zero, zero))
+            opened = jax.lax.dynamic_update_slice(cache.opened, new.opened, (zero, start, zero, zero))
+            return L.MaskedShared(Shared(mask, cache.frac), opened)
+
+        with ctx.ledger.scope("attention"):
+            k_rows, v_rows = L.mask_once(ctx, [k_new, v_new], op="kv_append")
+            k, v = write(layer_cache["k"], k_rows), write(layer_cache["v"], v_rows)  # (B, S, K, D)
+            S = k.shape[1]
+            # queries grouped by kv head: (B, K, G·T, D); keys as (B, K, D, S); values (B, K, S, D)
+            qg = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
+            raw = L.matmul_masked(ctx, qg, k.transpose(0, 2, 3, 1), op="qk")  # scale 2f
+            # 1/sqrt(D) folded into the truncation: one round for both
+            c = ctx.config.fixed.encode(1.0 / math.sqrt(D))
+            scores = L.truncate(ctx, raw.mul_public(c, frac=raw.frac + self.frac), 2 * self.frac, op="qk/trunc")
+            rows = jnp.arange(S, dtype=jnp.int32)
+            qpos = start + jnp.tile(jnp.arange(T, dtype=jnp.int32), G)  # (G·T,)
+            mask = rows[None, :] <= qpos[:, None]  # (G·T, S), public
+            probs = self.nl.softmax(ctx, scores, mask=mask)
+            out = L.truncate(ctx, L.matmul_masked(ctx, probs, v.transpose(0, 2, 1, 3), op="pv"), self.frac,
+                             op="pv/trunc")  # (B, K, G·T, D)
+        out = out.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
+        return {"k": k, "v": v}, out

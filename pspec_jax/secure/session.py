@@ -1,0 +1,105 @@
+"""A secure inference session: the private model's forward under 2PC.
+
+`SecureSession` holds what one client-server session shares: the MPC context (ledger,
+dealer, channel), the server's weights prepared once (masked values opened to the client
+once), and the shared KV cache. `forward(token_ids)` runs the architecture of
+`pspec_jax.models.arch` on the secure backend over T new tokens, appending them to the
+cache, and returns shared logits; `rollback(length)` discards cache rows.
+
+Compilation: one transformer block is compiled once (`mpc.secure_jit`) and called for
+every layer with that layer's weights as arguments — the weights are never baked into
+the program and a 30-layer model compiles as fast as a 1-layer one. Embedding and head
+are two more small programs. Each distinct T compiles once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mpc
+from mpc.shares import Shared
+from pspec_jax.models import arch
+from pspec_jax.models.cache import KVCache, init_cache
+from pspec_jax.models.config import ModelConfig
+from pspec_jax.secure.ops import SecureOps, prepare_params
+
+
+class SecureSession:
+    """The private model, its weights prepared for 2PC, and the shared KV cache."""
+
+    def __init__(self, config: ModelConfig, params: Any, max_len: int | None = None,
+                 mpc_config: mpc.MPCConfig = mpc.MPCConfig(), seed: bytes | None = None) -> None:
+        self.config = config
+        self.ctx = mpc.Context(mpc_config, seed=seed)
+        self.ops = SecureOps(self.ctx)
+        t0 = time.perf_counter()
+        self.params = prepare_params(self.ctx, params)
+        self.setup_s = time.perf_counter() - t0
+        self.max_len = config.max_seq_len if max_len is None else int(max_len)
+        self.cache: KVCache = init_cache(config, 1, self.max_len, self.ops)
+        self.compute_s = 0.0  # wall-clock seconds spent in secure forwards
+        ops = self.ops
+
+        def embed(ctx, params, token_ids, positions):
+            return arch.embed_tokens(config, params, token_ids, positions, ops)
+
+        def block(ctx, layer_params, x, layer_cache, start, rope):
+            return arch.block(config, layer_params, x, layer_cache, start, rope, ops)
+
+        def head(ctx, params, x):
+            x = arch._norm(config, params["final_norm"], x, ops)  # noqa: SLF001 - the final norm of forward()
+            return ops.linear(x, arch.head_weight(config, params))
+
+        self._embed, self._block, self._head = mpc.secure_jit(embed), mpc.secure_jit(block), mpc.secure_jit(head)
+
+    @property
+    def length(self) -> int:
+        return int(self.cache.length)
+
+    @property
+    def ledger(self) -> mpc.Ledger:
+        return self.ctx.ledger
+
+    def forward(self, token_ids, logits_last_only: bool = False) -> Shared:
+        """Secure pass over T new tokens (the client's ids, (T,) or (1, T)) appended to the
+        cache. Returns shared logits (1, T, V), or (1, 1, V) for the last token only."""
+        ids = jnp.asarray(token_ids, jnp.int32).reshape(1, -1)
+        T = ids.shape[1]
+        start = self.length
+        if start + T > self.max_len:
+            raise ValueError(f"secure pass would exceed the cache: {start} + {T} > {self.max_len}")
+        t0 = time.perf_counter()
+        positions = start + jnp.arange(T, dtype=jnp.int32)
+        rope = (arch.rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+                if self.config.family == "llama" else None)
+        embed_params = {k: v for k, v in self.params.items() if k in ("embed", "pos_embed")}
+        x = self._embed(self.ctx, embed_params, ids, positions)
+        layers = []
+        start_arr = jnp.asarray(start, jnp.int32)
+        for i in range(self.config.n_layers):
+            with self.ledger.scope(f"layer{i}"):
+                lc, x = self._block(self.ctx, self.params["layers"][i], x, self.cache.layers[i], start_arr, rope)
+            layers.append(lc)
+        if logits_last_only:
+            x = x[:, T - 1:]
+        head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
+        with self.ledger.scope("head"):
+            logits = self._head(self.ctx, head_params, x)
+        jax.block_until_ready(logits.v)
+        self.compute_s += time.perf_counter() - t0
+        self.cache = KVCache(layers=tuple(layers), length=jnp.asarray(start + T, jnp.int32))
+        return logits
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"rollback to {length} outside [0, {self.length}]")
+        self.cache = self.cache.rollback(length)
+
+    def reveal_logits(self, logits: Shared) -> np.ndarray:
+        """Open logits to both (tests and fidelity checks only; never in decoding)."""
+        return np.asarray(self.ctx.reveal(logits, op="debug_reveal"))
