@@ -272,8 +272,9 @@ def load_gguf(path: str | Path, with_tokenizer: bool = True):
         n_heads=n_heads, n_kv_heads=int(meta("attention.head_count_kv", n_heads)),
         head_dim=int(meta("attention.key_length", d_model // n_heads)),
         d_ff=int(meta("feed_forward_length")), max_seq_len=int(meta("context_length", 2048)),
-        norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(meta("rope.freq_base", 10000.0)),
+        # GGUF keeps these as float32: take the shortest decimal that rounds to it (1e-05).
+        norm_eps=float(str(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))),
+        rope_theta=float(str(np.float32(meta("rope.freq_base", 10000.0)))),
         tie_embeddings="output.weight" not in tensors,
         bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=fields.get("tokenizer.ggml.eos_token_id"))

@@ -1,0 +1,212 @@
+"""`pspec generate "PROMPT" --mode plain|spec|secure|post ...`
+
+Modes are runners in a registry: `MODES[name]` is either a callable
+`runner(req: GenerateRequest) -> GenerationResult` or a lazy "module:function" string,
+imported only when that mode is chosen. Other parts register theirs without editing
+this file, e.g. in their module: `from pspec_jax.commands.generate import register_mode`
+(or by providing the lazily named function below). A runner streams ids through
+`req.on_tokens(list_of_ids)` and returns a `pspec_jax.decode.GenerationResult`; the
+options `--network`, `--privacy`, `--profile` are parsed here for them (plain and spec
+ignore them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from typing import Any, Callable
+
+from pspec_jax.errors import UserError
+
+# name -> runner or "module:function" (resolved lazily).
+MODES: dict[str, Any] = {
+    "plain": "pspec_jax.commands.generate:run_plain",
+    "spec": "pspec_jax.commands.generate:run_spec",
+    "secure": "pspec_jax.decode.secure:run_generate",
+    "post": "pspec_jax.decode.post:run_generate",
+}
+
+
+def register_mode(name: str, runner: Callable[["GenerateRequest"], Any]) -> None:
+    MODES[name] = runner
+
+
+def resolve_mode(name: str) -> Callable[["GenerateRequest"], Any]:
+    r = MODES.get(name)
+    if r is None:
+        raise UserError(f"unknown mode {name!r} (choose from {', '.join(MODES)})")
+    if isinstance(r, str):
+        mod, fn = r.split(":")
+        if importlib.util.find_spec(mod) is None:
+            raise UserError(f"mode {name!r} is not available in this build ({mod} is missing)")
+        r = getattr(importlib.import_module(mod), fn, None)
+        if r is None:
+            raise UserError(f"mode {name!r} is not available in this build ({mod}.{fn} is missing)")
+    return r
+
+
+@dataclasses.dataclass
+class GenerateRequest:
+    """Everything a mode runner needs; `drafter()` loads the public model on first call."""
+
+    args: argparse.Namespace
+    private: Any  # ModelBundle
+    prompt_ids: list[int]
+    sampling: Any  # pspec_jax.decode.Sampling
+    max_new_tokens: int
+    gamma: int
+    seed: int
+    eos_id: int | None
+    on_tokens: Callable[[list[int]], None]
+    _drafter: Any = None
+
+    def drafter(self):
+        if self._drafter is None:
+            self._drafter = load_drafter(self.args, self.private)
+        return self._drafter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="the prompt text")
+    parser.add_argument("--mode", default="spec", choices=list(MODES),
+                        help="plain: private model in the clear; spec: plain speculative "
+                             "decoding; secure / post: under 2PC (default: spec)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap the prompt in the model's chat template (a user turn)")
+    parser.add_argument("--gamma", type=int, default=4, help="drafts per step (default 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, dest="max_new_tokens")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="0 = greedy (default 1.0)")
+    parser.add_argument("--top-k", type=int, default=0, dest="top_k", help="0 = off")
+    parser.add_argument("--top-p", type=float, default=1.0, dest="top_p", help="1 = off")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--private", metavar="PATH", default=None,
+                        help="private model: HF folder or .gguf (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--public", metavar="PATH", default=None,
+                        help="drafter: HF folder or .gguf (default: the private model truncated "
+                             "to --drafter-layers layers)")
+    parser.add_argument("--drafter-layers", type=int, default=None, dest="drafter_layers",
+                        help="layers of the truncated drafter (when --public is not given)")
+    parser.add_argument("--ignore-eos", action="store_true", dest="ignore_eos",
+                        help="do not stop at the end-of-sequence token")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no streaming")
+    # For the secure modes (secure, post); plain and spec ignore them.
+    parser.add_argument("--network", default="lan", help="network preset for secure modes (lan, wan, dc)")
+    parser.add_argument("--privacy", default="strict", help="privacy mode for post (strict, paper)")
+    parser.add_argument("--profile", action="store_true", help="per-op cost profile (secure modes)")
+
+
+def load_private(args: argparse.Namespace):
+    from pspec_jax.models import load_default_private, load_model
+
+    return load_model(args.private) if args.private else load_default_private()
+
+
+def load_drafter(args: argparse.Namespace, private):
+    from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_model
+
+    if args.public:
+        if args.drafter_layers is not None:
+            raise UserError("give either --public or --drafter-layers, not both")
+        return load_model(args.public)
+    k = DEFAULT_DRAFTER_LAYERS if args.drafter_layers is None else args.drafter_layers
+    k = min(k, private.config.n_layers) if args.drafter_layers is None else k
+    return private.truncated(k)
+
+
+def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
+    if tok is None:
+        raise UserError("the private model has no tokenizer (tokenizer.json), so a text "
+                        "prompt cannot be encoded")
+    if chat:
+        if not getattr(tok, "chat_template", None):
+            raise UserError("the model's tokenizer has no chat template; drop --chat")
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                       add_generation_prompt=True, tokenize=False)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+    # No BOS: SmolLM2's tokenizer (HF and GGUF alike, add_bos_token=False) adds none, and the
+    # reference continuation of "Once upon a time" is reproduced without it.
+    return list(tok(prompt)["input_ids"])
+
+
+class _Streamer:
+    """Prints the decoded text of the ids so far, holding back incomplete UTF-8."""
+
+    def __init__(self, tok, enabled: bool):
+        self.tok, self.enabled, self.ids, self.shown = tok, enabled, [], ""
+
+    def __call__(self, new: list[int]) -> None:
+        self.ids.extend(new)
+        if not self.enabled:
+            return
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        sys.stdout.write(text[len(self.shown):] if text.startswith(self.shown) else "")
+        sys.stdout.flush()
+        self.shown = text
+
+
+def run_plain(req: GenerateRequest):
+    from pspec_jax.decode import generate_plain
+
+    return generate_plain(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
+                          req.seed, req.eos_id, req.on_tokens)
+
+
+def run_spec(req: GenerateRequest):
+    from pspec_jax.decode import generate_spec
+
+    return generate_spec(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens,
+                         req.gamma, req.sampling, req.seed, req.eos_id, req.on_tokens)
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+    return "n/a" if x != x else format(x, spec)
+
+
+def summary_line(res) -> str:
+    parts = [f"[{res.mode}] {len(res.tokens)} tokens in {res.seconds:.2f} s "
+             f"({_fmt(res.tokens_per_second, '.1f')} tok/s, prefill {res.prefill_seconds:.2f} s)",
+             f"{res.steps} steps", f"{_fmt(res.tokens_per_step, '.2f')} tokens/step"]
+    if res.drafted:
+        parts += [f"α {_fmt(res.alpha)}", f"acceptance {_fmt(res.acceptance_rate)}"]
+    return ", ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pspec_jax  # noqa: F401  (x64 flag)
+    from pspec_jax.decode import Sampling
+
+    if args.gamma < 1:
+        raise UserError(f"--gamma must be >= 1, got {args.gamma}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.drafter_layers is not None and args.drafter_layers < 1:
+        raise UserError(f"--drafter-layers must be >= 1, got {args.drafter_layers}")
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    runner = resolve_mode(args.mode)
+    private = load_private(args)
+    ids = encode_prompt(private.tokenizer, args.prompt, args.chat)
+    if not ids:
+        raise UserError("the prompt encodes to no tokens")
+    eos = None if args.ignore_eos else getattr(private.tokenizer, "eos_token_id", None)
+    streamer = _Streamer(private.tokenizer, enabled=not args.json)
+    req = GenerateRequest(args=args, private=private, prompt_ids=ids, sampling=sampling,
+                          max_new_tokens=args.max_new_tokens, gamma=args.gamma, seed=args.seed,
+                          eos_id=eos, on_tokens=streamer)
+    res = runner(req)
+    text = private.tokenizer.decode(res.tokens, skip_special_tokens=True)
+    if args.json:
+        out = res.to_json(text)
+        out.update(prompt_tokens=len(ids))
+        print(json.dumps(out))
+    else:
+        sys.stdout.write(text[len(streamer.shown):] if text.startswith(streamer.shown) else "")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        print(summary_line(res), file=sys.stderr)
+    return 0

@@ -1,0 +1,126 @@
+"""Standard secure decoding: one secure pass of the private model per generated token.
+
+The baseline every speed-up is measured against. The client's prompt enters as shared
+one-hot rows; a prefill pass fills the shared KV cache; then each step runs one secure
+pass over the last token, and the next token is chosen inside MPC — greedy: secure
+argmax; sampling: temperature, then inverse-transform sampling with randomness both
+parties contribute to — and opened to the client only. The server learns the number of
+passes (the output length) and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+import mpc
+from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids
+from pspec_jax.decode.costs import CostReport, format_costs, profile
+from pspec_jax.decode.sampling import Sampling
+from pspec_jax.errors import UserError
+
+
+def check_secure_sampling(sampling: Sampling) -> None:
+    """Top-k / top-p would need a secure sort of the vocabulary: not offered."""
+    if sampling.top_k or sampling.top_p < 1.0:
+        raise UserError("secure modes support temperature sampling and greedy only (no --top-k/--top-p)")
+
+
+def secure_next_token(session, logits, sampling: Sampling, op: str = "next_token") -> int:
+    """The next token from shared logits (1, 1, V), chosen inside MPC and opened to the
+    client only: argmax when greedy, else a sample of softmax(logits / T)."""
+    from mpc.protocols import sampling as S
+
+    ctx = session.ctx
+    row = logits.reshape(1, logits.shape[-1])
+    with ctx.ledger.scope(op):
+        if sampling.greedy:
+            idx = S.argmax_to_client(ctx, row)
+        else:
+            idx = S.sample_logits_to_client(ctx, row, temperature=sampling.temperature)
+    return int(np.asarray(idx).reshape(-1)[0])
+
+
+def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
+                    sampling: Sampling = Sampling(), seed: int | None = None,
+                    eos_id: int | None = None, on_tokens: OnTokens | None = None,
+                    mpc_config: mpc.MPCConfig = mpc.MPCConfig()) -> GenerationResult:
+    """Standard secure decoding of `private` (a ModelBundle). Returns a GenerationResult
+    whose `extra` holds the cost figures (prefill, decode, total) and the ledger."""
+    from pspec_jax.secure import SecureSession
+
+    check_secure_sampling(sampling)
+    prompt_ids = check_ids(prompt_ids, private.config)
+    ctx_len = private.config.max_seq_len
+    if len(prompt_ids) + 1 > ctx_len:
+        raise UserError(f"the prompt has {len(prompt_ids)} tokens; it does not fit the context of {ctx_len}")
+    max_new = min(max_new_tokens, ctx_len - len(prompt_ids))
+    dealer_seed = None if seed is None else f"pspec-secure-{seed}".encode()
+    session = SecureSession(private.config, private.params, max_len=len(prompt_ids) + max_new,
+                            mpc_config=mpc_config, seed=dealer_seed)
+    ledger = session.ledger
+    setup_mark = ledger.snapshot()
+    t0 = time.perf_counter()
+    with ledger.scope("prefill"):
+        logits = session.forward(prompt_ids, logits_last_only=True)
+        token = secure_next_token(session, logits, sampling)
+    prefill_compute = time.perf_counter() - t0
+    decode_mark = ledger.snapshot()
+    out = [token]
+    if on_tokens:
+        on_tokens([token])
+    stop = "eos" if token == eos_id else ("length" if max_new == max_new_tokens else "context")
+    t1 = time.perf_counter()
+    while len(out) < max_new and stop != "eos":
+        with ledger.scope("decode"):
+            logits = session.forward([token], logits_last_only=True)
+            token = secure_next_token(session, logits, sampling)
+        out.append(token)
+        if on_tokens:
+            on_tokens([token])
+        if token == eos_id:
+            stop = "eos"
+    decode_compute = time.perf_counter() - t1
+    prefill = CostReport.of(_slice(ledger, setup_mark, decode_mark), prefill_compute, 1)
+    decode = CostReport.of(ledger.since(decode_mark), decode_compute, len(out) - 1)
+    total = CostReport.of(ledger.since(setup_mark), prefill_compute + decode_compute, len(out))
+    extra: dict[str, Any] = {
+        **total.to_json(tokens=len(out)), "prefill": prefill.to_json(),
+        "decode": decode.to_json(tokens=max(1, len(out) - 1)),
+        "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
+    }
+    res = GenerationResult(mode="secure", tokens=out, steps=len(out), accepted_per_step=[], alpha_per_step=[],
+                           seconds=decode_compute, prefill_seconds=prefill_compute, stop_reason=stop, extra=extra)
+    res.extra["_ledger"] = ledger  # removed by the CLI before printing
+    return res
+
+
+def _slice(ledger: mpc.Ledger, start: int, end: int) -> mpc.Ledger:
+    sub = mpc.Ledger()
+    sub.entries = ledger.entries[start:end]
+    return sub
+
+
+def report_text(res: GenerationResult) -> str:
+    return format_costs({k: v for k, v in res.extra.items() if k in (
+        "secure_passes", "compute_s", "bytes_per_party", "rounds", "modeled_s", "per_token")}, f"[{res.mode}] costs")
+
+
+def run_generate(req) -> GenerationResult:
+    """`pspec generate --mode secure` (see pspec_jax.commands.generate)."""
+    args = req.args
+    mpc.network(args.network)  # validate early
+    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling, req.seed,
+                          req.eos_id, req.on_tokens)
+    ledger = res.extra.pop("_ledger")
+    res.extra["network"] = args.network
+    if args.profile:
+        res.extra["profile"] = profile(ledger)
+    if not args.json:
+        print("\n" + report_text(res))
+        if args.profile:
+            for k, v in list(res.extra["profile"]["by_op"].items())[:15]:
+                print(f"  {k:32s} {v['bytes_per_party']:>14,} B  {v['rounds']:>6} rounds")
+    return res

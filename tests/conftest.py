@@ -1,0 +1,54 @@
+"""Shared fixtures: the default SmolLM2 pair (fetched on first use) and tiny tokenizers."""
+
+from __future__ import annotations
+
+import pytest
+
+import pspec_jax  # noqa: F401  (enables x64 before any jax use)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(private, drafter) default bundles; downloads and converts on first use."""
+    from pspec_jax.models import load_default_pair
+
+    return load_default_pair()
+
+
+def byte_tokenizer(merges: list[tuple[str, str]] = (("Ġ", "t"), ("h", "e"), ("Ġt", "he")),
+                   shuffle_seed: int | None = None):
+    """A tiny byte-level BPE `PreTrainedTokenizerFast`: 256 byte tokens, the given merges,
+    then "<eos>". `shuffle_seed` permutes the ids (a *different* tokenizer, same size)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    toks = alphabet + ["".join(m) for m in merges] + ["<eos>"]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(toks)
+    vocab = {t: i for i, t in enumerate(toks)}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
+                         "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    return tok
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    """Factory: saves a tiny random model (+ byte tokenizer) as a HF folder, returns its path."""
+    from pspec_jax.models import tiny_model
+
+    def make(name="tiny", family="llama", seed=0, tokenizer=True, shuffle_seed=None, **cfg):
+        cfg.setdefault("vocab_size", 264)
+        m = tiny_model(family, seed=seed, **cfg)
+        tok = byte_tokenizer(shuffle_seed=shuffle_seed) if tokenizer else None
+        path = tmp_path / name
+        m.__class__(m.config, m.params, tok, name).save(path)
+        return path
+
+    return make

@@ -1,0 +1,238 @@
+"""Speculative decoding: the accept rule, exactness of the output law (χ² and TV against
+the exact law, with a negative control that must fail), greedy equivalence, no recompiles."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from pspec_jax.decode import (TRACES, AlwaysAccept, Sampling, SpeculativeRule, generate_plain,
+                              generate_spec, plain_step_fn, spec_step_fn)
+from pspec_jax.decode.plain import init_plain_state
+from pspec_jax.decode.spec import init_spec_state
+from pspec_jax.errors import UserError
+from pspec_jax.models import forward, tiny_model
+
+V = 6  # small vocabulary: the law of 3 tokens has 216 outcomes
+PROMPT = [1, 4, 2]
+
+
+def exact_law(model, prompt, sampling, n=3):
+    """P(first n emitted tokens = s) for every s in V^n, from full forwards."""
+    seqs = np.array(list(itertools.product(range(V), repeat=n)), np.int32)  # (V^n, n)
+    L = len(prompt)
+    ids = jnp.concatenate([jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (len(seqs), L)),
+                           jnp.asarray(seqs)], axis=1)
+    logits = jax.jit(forward, static_argnums=0)(model.config, model.params, ids)[0]
+    probs = np.asarray(sampling.probs(logits[:, L - 1:L - 1 + n]), np.float64)  # (V^n, n, V)
+    law = np.prod(probs[np.arange(len(seqs))[:, None], np.arange(n)[None], seqs], axis=1)
+    assert abs(law.sum() - 1) < 1e-4
+    return law / law.sum()
+
+
+def sample_spec(private, drafter, sampling, gamma, rule, n_runs, seed=0, n=3):
+    """First n emitted tokens of `n_runs` independent speculative runs (vmapped steps)."""
+    rows = 32
+    s0 = init_spec_state(private, drafter, PROMPT, rows, 0, buffer=rows + gamma + 3)
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_runs)
+    states = jax.vmap(lambda k: s0.replace(key=k))(keys)
+    step = jax.jit(jax.vmap(functools.partial(spec_step_fn, private.config, drafter.config,
+                                              sampling, gamma, rule),
+                            in_axes=(None, None, 0)))
+    for _ in range(n):  # each step emits >= 1 token
+        states, _ = step(private.params, drafter.params, states)
+    assert int(jnp.min(states.length)) >= len(PROMPT) + n
+    return np.asarray(states.tokens[:, 0, len(PROMPT):len(PROMPT) + n])
+
+
+def sample_plain(model, sampling, n_runs, seed=0, n=3):
+    s0 = init_plain_state(model.config, model.params, PROMPT, 16, 0)
+    states = jax.vmap(lambda k: s0.replace(key=k))(jax.random.split(jax.random.PRNGKey(seed), n_runs))
+    step = jax.jit(jax.vmap(functools.partial(plain_step_fn, model.config, sampling),
+                            in_axes=(None, 0)))
+    for _ in range(n):
+        states, _ = step(model.params, states)
+    return np.asarray(states.tokens[:, 0, len(PROMPT):len(PROMPT) + n])
+
+
+def law_test(samples, law):
+    """(χ² p-value, TV, TV threshold) of the empirical law of `samples` against `law`."""
+    N = len(samples)
+    idx = np.ravel_multi_index(samples.T, (V,) * samples.shape[1])
+    emp = np.bincount(idx, minlength=law.size).astype(np.float64)
+    exp = law * N
+    if emp[law == 0].sum() > 0:  # outcomes the exact law forbids were observed
+        return 0.0, 0.5 * np.abs(emp / N - law).sum(), _tv_threshold(law, N)
+    big = exp >= 5  # pool small cells so the χ² approximation holds
+    obs = np.append(emp[big], emp[~big].sum())
+    ex = np.append(exp[big], exp[~big].sum())
+    keep = ex > 0
+    pval = stats.chisquare(obs[keep], ex[keep]).pvalue
+    tv = 0.5 * np.abs(emp / N - law).sum()
+    return pval, tv, _tv_threshold(law, N)
+
+
+def _tv_threshold(law, N):
+    # E|p̂ - p| ≈ sqrt(2p(1-p)/(πN)) per cell; allow 2.5× the expected null TV.
+    return 2.5 * 0.5 * np.sum(np.sqrt(2 * law * (1 - law) / (np.pi * N)))
+
+
+def _pair(case):
+    if case == "llama-vs-gpt2":
+        return (tiny_model("llama", seed=21, vocab_size=V, std=1.0),
+                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0))
+    if case == "gpt2-vs-llama":
+        return (tiny_model("gpt2", seed=23, vocab_size=V, std=1.0),
+                tiny_model("llama", seed=24, vocab_size=V, std=1.0, n_layers=1))
+    p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
+    return p, p.truncated(1)
+
+
+CASES = [  # (pair, target law, γ, also run the negative control)
+    ("llama-vs-gpt2", Sampling(1.0), 3, True),
+    ("gpt2-vs-llama", Sampling(0.8, top_k=4), 2, False),
+    ("truncated", Sampling(1.3, top_p=0.85), 4, True),
+]
+
+
+@pytest.mark.parametrize("case,sampling,gamma,control", CASES)
+def test_spec_output_law_is_exact_and_negative_control_fails(case, sampling, gamma, control):
+    private, drafter = _pair(case)
+    law = exact_law(private, PROMPT, sampling)
+    n_runs = 20000
+    samples = sample_spec(private, drafter, sampling, gamma, SpeculativeRule(), n_runs, seed=1)
+    pval, tv, thr = law_test(samples, law)
+    assert pval > 1e-3, (pval, tv, thr)
+    assert tv < thr, (pval, tv, thr)
+    if not control:
+        return
+    # Negative control: accepting every draft emits the drafter's law; the same test must fail.
+    bad = sample_spec(private, drafter, sampling, gamma, AlwaysAccept(), n_runs, seed=1)
+    bpval, btv, _ = law_test(bad, law)
+    assert bpval < 1e-6 and btv > thr, (bpval, btv, thr)
+
+
+def test_plain_sampling_law_is_exact():
+    model = tiny_model("llama", seed=26, vocab_size=V, std=1.0)
+    sampling = Sampling(0.9, top_k=5)
+    law = exact_law(model, PROMPT, sampling)
+    pval, tv, thr = law_test(sample_plain(model, sampling, 20000, seed=2), law)
+    assert pval > 1e-3 and tv < thr, (pval, tv, thr)
+    other = exact_law(model, PROMPT, Sampling(1.5))  # a different law must be rejected
+    pval2, tv2, _ = law_test(sample_plain(model, Sampling(1.5), 20000, seed=2), law)
+    assert pval2 < 1e-6 and tv2 > thr and np.abs(other - law).sum() > 0.05
+
+
+# ------------------------------------------------------------------ the accept rule alone
+def _rule_law(p, q, n_keys=100000, seed=0):
+    """Law of the first emitted token for γ = 1: draft x ~ q, then the rule."""
+    p = jnp.asarray(p, jnp.float32)
+    q = jnp.asarray(q, jnp.float32)
+    rule = SpeculativeRule()
+
+    def one(k):
+        kd, ka = jax.random.split(k)
+        x = jax.random.categorical(kd, jnp.log(q)).astype(jnp.int32)
+        n, y = rule(ka, jnp.stack([p, p]), q[None], x[None])
+        return jnp.where(n == 1, x, y), n
+
+    first, n = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(seed), n_keys))
+    return np.bincount(np.asarray(first), minlength=p.shape[0]) / n_keys, float(jnp.mean(n))
+
+
+def test_accept_rule_single_draft_law_and_acceptance_rate():
+    p = np.array([0.5, 0.3, 0.2, 0.0, 0.0])
+    q = np.array([0.1, 0.1, 0.2, 0.3, 0.3])
+    emp, acc = _rule_law(p, q)
+    assert np.abs(emp - p).sum() / 2 < 0.006
+    assert emp[3] == 0 and emp[4] == 0  # p = 0 tokens are never emitted
+    assert abs(acc - np.minimum(p, q).sum()) < 0.006  # P(accept) = Σ min(p, q) = α
+
+
+def test_accept_rule_greedy_and_edge_cases():
+    rule = SpeculativeRule()
+    key = jax.random.PRNGKey(0)
+    oh = lambda i, n=4: jax.nn.one_hot(jnp.asarray(i), n, dtype=jnp.float32)  # noqa: E731
+    drafts = jnp.array([2, 1, 3], jnp.int32)
+    p = oh(jnp.array([2, 1, 0, 3]))  # private argmaxes: agree, agree, disagree, (bonus 3)
+    q = oh(drafts)
+    for s in range(20):
+        n, y = rule(jax.random.PRNGKey(s), p, q, drafts)
+        assert int(n) == 2 and int(y) == 0
+    n, y = rule(key, p, oh(jnp.array([2, 1, 0])), jnp.array([2, 1, 0], jnp.int32))
+    assert int(n) == 3 and int(y) == 3  # all accepted: bonus from p_γ
+    # p == q: always accept everything, even for non-degenerate rows
+    pq = jax.nn.softmax(jax.random.normal(key, (4, 4)))
+    for s in range(20):
+        n, _ = rule(jax.random.PRNGKey(s), pq, pq[:3], jnp.array([0, 1, 2], jnp.int32))
+        assert int(n) == 3
+
+
+# ------------------------------------------------------------------ greedy, metrics, compile
+@pytest.mark.parametrize("family,gamma", [("llama", 3), ("gpt2", 1)])
+def test_greedy_spec_equals_greedy_plain(family, gamma):
+    private = tiny_model(family, seed=30, n_layers=3, std=0.7)
+    drafter = private.truncated(1)
+    g = Sampling(0.0)
+    plain = generate_plain(private, [5, 9, 11], 24, g)
+    spec = generate_spec(private, drafter, [5, 9, 11], 24, gamma, g)
+    assert spec.tokens == plain.tokens
+    assert len(spec.tokens) == 24 and sum(spec.accepted_per_step) + spec.steps >= 24
+    assert 0 < spec.steps <= 24
+
+
+def test_self_drafting_accepts_everything():
+    m = tiny_model("llama", seed=31, std=0.7)
+    for s in (Sampling(0.0), Sampling(1.0)):
+        r = generate_spec(m, m, [3, 4], 20, 4, s, seed=5)
+        assert r.accepted_per_step[:-1] == [4] * (len(r.accepted_per_step) - 1)
+        assert r.tokens_per_step > 4 and r.alpha > 0.999 and r.acceptance_rate > 0.95
+        assert r.tokens == generate_plain(m, [3, 4], 20, s, seed=5).tokens or not s.greedy
+
+
+def test_decode_loops_compile_once():
+    private = tiny_model("llama", seed=32, n_layers=2, max_seq_len=128, d_model=48, n_heads=6,
+                         n_kv_heads=3)
+    drafter = private.truncated(1)
+    s = Sampling(1.0, top_k=10)
+    TRACES.clear()
+    generate_spec(private, drafter, [1, 2, 3], 30, 3, s, seed=0)
+    first = dict(TRACES)
+    assert first["spec_step"] == 1
+    generate_spec(private, drafter, [4, 5, 6, 7, 8], 40, 3, s, seed=1)  # same shapes: no retrace
+    assert TRACES["spec_step"] == 1
+    generate_plain(private, [1, 2, 3], 30, s)
+    generate_plain(private, [9, 8, 7, 6], 50, s, seed=3)
+    assert TRACES["plain_step"] == 1
+    assert TRACES["prefill"] <= 3  # one per (model, bucket)
+
+
+def test_eos_and_max_new_tokens_and_bad_input():
+    m = tiny_model("llama", seed=33, std=0.7)
+    d = m.truncated(1)
+    ref = generate_plain(m, [1, 2], 12, Sampling(0.0))
+    eos = ref.tokens[5]
+    r = generate_spec(m, d, [1, 2], 12, 3, Sampling(0.0), eos_id=eos)
+    assert r.tokens == ref.tokens[:ref.tokens.index(eos) + 1] and r.stop_reason == "eos"
+    r = generate_spec(m, d, [1, 2], 7, 3, Sampling(0.0))
+    assert r.tokens == ref.tokens[:7]
+    with pytest.raises(UserError, match="gamma"):
+        generate_spec(m, d, [1, 2], 8, 0)
+    with pytest.raises(UserError, match="context"):
+        generate_spec(m, d, list(range(60)), 8, 4)
+    with pytest.raises(UserError, match="context"):
+        generate_plain(m, list(range(64)), 8)
+    with pytest.raises(UserError, match="vocabulary"):
+        generate_spec(m, tiny_model("llama", vocab_size=32), [1, 2], 4, 2)
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        generate_plain(m, [1, 99], 4)
+    with pytest.raises(UserError, match="temperature"):
+        Sampling(-1.0)
+    long = generate_plain(m, list(range(50)), 100, Sampling(0.0))
+    assert long.stop_reason == "context" and 50 + len(long.tokens) <= 64
