@@ -19,6 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from mpc.approx import NonlinearConfig
 from mpc.channel import BOTH, SimChannel
 from mpc.dealer import Dealer
 from mpc.fixed import FixedPoint, decode
@@ -38,6 +39,7 @@ class MPCConfig:
 
     fixed: FixedPoint = FixedPoint()
     compare_bits: int = 64
+    nonlinear: NonlinearConfig = NonlinearConfig()  # approximation parameters (mpc.approx)
 
     def __post_init__(self):
         if not 8 <= self.compare_bits <= 64:

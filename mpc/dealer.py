@@ -47,6 +47,11 @@ class Dealer:
         # The client-server key for input sharing. In a real run the two parties agree on
         # it themselves (the dealer never holds it); here it lives beside the dealer's.
         self._pairwise = AesCtrStream(k01)
+        # Each party's own private randomness (e.g. its share of a sampling draw). In a real
+        # run each party keys it from its own os.urandom and nobody else holds the key;
+        # here the two streams live beside the dealer's (keys 3 and 4 of the seed).
+        self._own = [AesCtrStream(k) for k in derive_keys(5, seed)[3:]] if seed is not None else \
+            [AesCtrStream(k) for k in derive_keys(2, None)]
         channel.dealer("keys", KEY_BYTES, KEY_BYTES)
 
     def pairwise_mask(self, shape) -> jax.Array:
@@ -54,6 +59,18 @@ class Dealer:
         n = _n(shape)
         flat = io_callback(lambda: self._pairwise.words(n), jax.ShapeDtypeStruct((n,), DTYPE), ordered=True)
         return flat.reshape(shape)
+
+    def own_random(self, shape) -> XorShared:
+        """Words each party draws from its *own* randomness, as XOR shares of their XOR:
+        uniform, known to neither party alone (nor, in a real run, to the dealer). No bytes.
+        """
+        n = _n(shape)
+
+        def host():
+            return np.concatenate([self._own[0].words(n), self._own[1].words(n)])
+
+        flat = io_callback(host, jax.ShapeDtypeStruct((2 * n,), DTYPE), ordered=True)
+        return XorShared.from_parties(flat[:n].reshape(shape), flat[n:].reshape(shape))
 
     # --- raw words -----------------------------------------------------------------------
     def _draw(self, n0: int, n1: int) -> tuple[jax.Array, jax.Array]:

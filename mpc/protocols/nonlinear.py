@@ -1,0 +1,453 @@
+"""Nonlinear functions over shared fixed-point tensors: exp, reciprocal, rsqrt, max,
+GeLU, SiLU, sigmoid (softmax and the norms build on these: `mpc.protocols.softmax`,
+`mpc.protocols.norm`; argmax and sampling: `mpc.protocols.sampling`).
+
+Building blocks, each one protocol with its cost (per party, n elements):
+* `coarse_lt`: a batch of comparisons x < t with public thresholds, on a *coarse view* of
+  the shares (each party drops the low `drop` bits of its share locally, the msb circuit
+  then looks at the next `bits` bits). Local share shifting is only wrong by the carry
+  of the dropped bits (one unit of 2^drop) and by multiples of 2^(64−drop), which
+  vanish modulo 2^bits, so the view is an exact per-element value
+  x̃ = ⌊x/2^drop⌋ − c, c ∈ {0, 1}: comparisons on it are consistent (transitive) and
+  exact except within 2^drop above a threshold. msb rounds 1 + ⌈log2(bits − 1)⌉;
+  bytes 4·L·⌈bits/8⌉ per comparison (`mpc.protocols.compare`).
+* `poly`: several polynomials of one shared variable, sharing its powers: degree d costs
+  2·⌈log2 d⌉ rounds (powers by a product ladder truncated after every level but the
+  last; the last level stays untruncated and all coefficient products are folded into
+  one final truncation).
+* `group_max`: max over groups of g elements by all-pairs comparison in one batch, a
+  win count per element and one small comparison (count = g − 1) — 4 protocol steps
+  whatever g is, instead of log2(g) tournament levels.
+
+Approximation parameters: `ctx.config.nonlinear` (`mpc.approx.NonlinearConfig`).
+References: SPU/PUMA (piecewise GeLU, MSB-normalised reciprocal and rsqrt), BumbleBee
+(|x|-symmetric activation segments), CrypTen ((1 + x/2^n)^(2^n) exp). Rounds per op at
+the defaults are listed in `ROUNDS` and checked by the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from mpc.approx import CoarseCompare, SymmetricPiecewise
+from mpc.context import Context
+from mpc.protocols import compare as C
+from mpc.protocols import linear as L
+from mpc.ring import DTYPE, ring_matmul
+from mpc.shares import CLIENT, Shared, XorShared, stack
+
+
+# --- helpers ------------------------------------------------------------------------------
+def ring_const(value, frac: int) -> np.ndarray:
+    """Public reals -> ring elements at scale 2^frac (round to nearest); overflow raises."""
+    v = np.round(np.asarray(value, np.float64) * 2.0**frac)
+    if np.any(np.abs(v) >= 2.0**63):
+        raise ValueError(f"constant {value} does not fit the ring at 2^{frac}")
+    return v.astype(np.int64).astype(np.uint64)
+
+
+def _pow2(k) -> np.ndarray:
+    return np.left_shift(np.uint64(1), np.asarray(k, np.uint64))
+
+
+def bcast(x: Shared, shape) -> Shared:
+    """Broadcast a shared tensor to `shape` (numpy rules, leading axes added)."""
+    shape = tuple(shape)
+    v = x.v.reshape((2,) + (1,) * (len(shape) - x.ndim) + x.shape)
+    return Shared(jnp.broadcast_to(v, (2, *shape)), x.frac)
+
+
+def _with_bits(ctx: Context, bits: int) -> Context:
+    """A view of the session whose comparisons examine `bits` bits (same channel/dealer)."""
+    view = copy.copy(ctx)
+    view.config = dataclasses.replace(ctx.config, compare_bits=max(8, int(bits)))
+    return view
+
+
+def msb_bits(ctx: Context, x: Shared, bits: int, op: str = "msb") -> XorShared:
+    """`compare.msb` with `bits` examined bits (exact for |x| < 2^(bits−1) ring units)."""
+    return C.msb(_with_bits(ctx, bits), x, op=op)
+
+
+def msb_rounds(bits: int) -> int:
+    bits = max(8, bits)
+    return 1 + math.ceil(math.log2(bits - 1))
+
+
+def coarse_view(x: Shared, drop: int) -> Shared:
+    """Each party's share shifted right by `drop` bits (local). Meaningful only modulo
+    2^(64 − drop) and up to one unit: an input to `coarse` comparisons, nothing else."""
+    if drop == 0:
+        return x.with_frac(0)
+    return Shared(x.v >> np.uint64(drop), 0)
+
+
+def coarse_lt(ctx: Context, x: Shared, thresholds, cmp: CoarseCompare, op: str = "lt") -> XorShared:
+    """[x < t] as XOR bits for public thresholds t (reals at x's scale, broadcast against
+    x — e.g. shape (k, 1, ..., 1) for k thresholds per element).
+
+    1. Both parties drop the low `cmp.drop` bits of their shares (local).
+    2. Subtract ⌊t·2^frac / 2^drop⌋ (party 0, local).
+    3. msb over `cmp.bits` bits.
+    Exact for x < t and for x ≥ t + 2^drop ring units; |x − t| < 2^(bits + drop − 2).
+    Cost: one msb at `cmp.bits` bits over the broadcast shape.
+    """
+    t = np.asarray(thresholds, np.float64)
+    neg_t = (-np.floor(t * 2.0**x.frac / 2.0**cmp.drop)).astype(np.int64).astype(np.uint64)
+    view = coarse_view(x, cmp.drop)
+    shape = np.broadcast_shapes(view.shape, neg_t.shape)
+    d = bcast(view, shape).add_public(neg_t)  # x̃ − t̃
+    return msb_bits(ctx, d, cmp.bits, op=op)
+
+
+def select_many(ctx: Context, bits: XorShared, values: Shared, op: str = "select") -> Shared:
+    """Σ_r bits[r]·values[r] over the leading axis, in one round (`compare.select_bit` on
+    the stacked values; the bits broadcast against them)."""
+    shape = np.broadcast_shapes(bits.shape, values.shape)
+    b = XorShared(jnp.broadcast_to(bits.v, (2, *shape)))
+    return C.select_bit(ctx, b, bcast(values, shape), op=op).sum(axis=0)
+
+
+def _bit(b: XorShared, i: int) -> XorShared:
+    return XorShared(b.v[:, i])
+
+
+def _public_linear(x: Shared, a: np.ndarray) -> Shared:
+    """x @ A along the last axis for a public integer matrix A (local, exact)."""
+    return Shared(ring_matmul(x.v, np.asarray(a, np.int64).astype(np.uint64)), x.frac)
+
+
+# --- polynomials ------------------------------------------------------------------------------
+def poly(ctx: Context, x: Shared, polys, out_frac: int, op: str = "poly") -> list[Shared]:
+    """Evaluate polynomials p_k(x) = Σ_i c_ki·x^i sharing the powers of x.
+
+    Args:
+      x: the variable, at scale W = x.frac (keep |x| ≲ 1 where results matter; elements
+        where it is large produce garbage, which callers discard by selection).
+      polys: sequence of (coefficients, radius): powers 0..d, and a bound on |x| on the
+        domain where that polynomial's value is used (sizes the coefficient precision).
+      out_frac: scale of the results.
+
+    Steps: powers x^2..x^m (m the largest power of two below d) by a ladder of batched
+    products, each level truncated back to W (2 rounds per level; level 1 is a square);
+    the powers above m are products x^m·x^(i−m) left untruncated (scale 2W, 1 round);
+    each p_k is then a local combination at scale 2W + C with coefficients at C bits, and
+    one batched truncation (1 round) brings all of them to `out_frac`.
+    Cost: 2·⌈log2 d⌉ rounds (d ≥ 2); bytes per element: 16 per square-level (8 square +
+    8 trunc), 24 per other truncated product, 16 per top product, 8 per polynomial.
+    """
+    w = x.frac
+    deg = max(len(c) for c, _ in polys) - 1
+    pw: dict[int, Shared] = {1: x}
+    top: dict[int, Shared] = {}
+    m = 1
+    while 2 * m < deg:
+        idx = list(range(m + 1, 2 * m + 1))
+        if idx == [2]:
+            prod = L.square(ctx, x, op=f"{op}/square")[None]
+        else:
+            prod = L.mul(ctx, stack([pw[m]] * len(idx)), stack([pw[i - m] for i in idx]), op=f"{op}/mul")
+        prod = L.truncate(ctx, prod, w, op=f"{op}/trunc")
+        for k, i in enumerate(idx):
+            pw[i] = prod[k]
+        m *= 2
+    if deg > m:
+        idx = list(range(m + 1, deg + 1))
+        if idx == [2]:
+            prod = L.square(ctx, x, op=f"{op}/square")[None]
+        else:
+            prod = L.mul(ctx, stack([pw[m]] * len(idx)), stack([pw[i - m] for i in idx]), op=f"{op}/mul")
+        for k, i in enumerate(idx):
+            top[i] = prod[k]
+    f_top = 2 * w if top else w
+    bound = max(sum(abs(c) * r**i for i, c in enumerate(cs)) for cs, r in polys) + 1.0
+    cbits = min(30, 61 - f_top - math.ceil(math.log2(bound)))
+    if cbits < 8:
+        raise ValueError(f"poly: no room for coefficients at scale 2^{w} (bound {bound:g})")
+    g = f_top + cbits
+    outs = []
+    for cs, _ in polys:
+        acc = Shared.public(jnp.broadcast_to(ring_const(cs[0], g), x.shape), g)
+        for i, c in enumerate(cs[1:], start=1):
+            if c == 0.0:
+                continue
+            p = top[i] if i in top else pw[i]
+            acc = acc + p.mul_public(ring_const(c, g - p.frac), frac=g)
+        outs.append(acc)
+    res = L.truncate(ctx, stack(outs), g - out_frac, op=f"{op}/trunc")
+    return [res[k] for k in range(len(polys))]
+
+
+def poly_rounds(deg: int) -> int:
+    return 2 * math.ceil(math.log2(deg)) if deg >= 2 else 1
+
+
+# --- exp ----------------------------------------------------------------------------------------
+def exp(ctx: Context, x: Shared, out_frac: int | None = None, op: str = "exp") -> Shared:
+    """e^x for x ≤ 2^−5 (softmax inputs after subtracting the row max).
+
+    1. b = [x < −clip] by one coarse comparison (`exp_compare`; fuzzy by 2 above −clip).
+    2. q = p(x/2^s + 1/2) ≈ e^(x/2^squarings) (degree-8 `poly`; x/2^s is a free rescale).
+    3. q ← (1 − b)·q (one select round): clipped inputs give exactly 0.
+    4. squarings: q ← q² truncated (2 rounds each); the last one lands at `out_frac`.
+    Error (defaults): ≤ 5e-6 absolute on [−16, 0], 0 below −16, < 1e-6 dropped in
+    [−16, −14]. Works at scale `exp_frac` (20) internally.
+    Cost: msb(9 bits) 4 + poly 6 + select 1 + 2·squarings 4 = 15 rounds.
+    """
+    nl = ctx.config.nonlinear
+    out_frac = x.frac if out_frac is None else out_frac
+    clipped = coarse_lt(ctx, x, -nl.exp_clip, nl.exp_compare, op=f"{op}/clip")
+    s = nl.exp_scale_log2
+    t = x.with_frac(x.frac + s)
+    t = t.add_public(ring_const(0.5, t.frac))
+    (q,) = poly(ctx, t, [(nl.exp_coeffs, 0.51)], nl.exp_frac, op=f"{op}/poly")
+    q = C.select_bit(ctx, C.not_bit(clipped), q, op=f"{op}/select")
+    for k in range(nl.exp_squarings):
+        target = out_frac if k == nl.exp_squarings - 1 else nl.exp_frac
+        q = L.truncate(ctx, L.square(ctx, q, op=f"{op}/square"), 2 * nl.exp_frac - target, op=f"{op}/trunc")
+    return q
+
+
+# --- reciprocal and rsqrt --------------------------------------------------------------------
+def _normalise(ctx: Context, x: Shared, lo: float, hi: float, op: str):
+    """x = u·2^e with u ∈ [1, 2 + 2^(1−tol)) for x ∈ [2^⌊log2 lo⌋, 2^⌈log2 hi⌉).
+
+    Returns (one-hot XOR bits over e (E, ...), u at scale poly_frac, e values).
+    1. b_j = [x < 2^j] for every j strictly inside the exponent range, one coarse batch
+       (relative fuzz 2^−tol at the smallest threshold).
+    2. one-hot o_e = b_(e+1) ⊕ b_e (local; b is monotone in j on the coarse view).
+    3. u = Σ_e o_e·x·2^(jhi − 1 − e) at scale frac + jhi − 1 (exact shifts; one select).
+    4. truncate u to poly_frac (1 round).
+    Cost: msb(bits) + 2 rounds.
+    """
+    nl = ctx.config.nonlinear
+    q = x.frac
+    jlo, jhi = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
+    if jhi <= jlo:
+        jhi = jlo + 1
+    es = np.arange(jlo, jhi)
+    if len(es) > 1:
+        drop = max(0, jlo + 1 + q - nl.norm_tol_bits)
+        bits = max(8, jhi + q - drop + 2)
+        if bits + drop > 64:
+            raise ValueError(f"normalise: range [{lo:g}, {hi:g}] at scale 2^{q} exceeds the ring")
+        thr = (2.0 ** es[1:]).reshape((-1,) + (1,) * x.ndim)
+        b = coarse_lt(ctx, x, thr, CoarseCompare(bits=bits, drop=drop), op=f"{op}/exponent")  # (E−1, ...)
+        zero = jnp.zeros((1, *b.shape[1:]), DTYPE)
+        lower = XorShared(jnp.concatenate([jnp.broadcast_to(zero, (2, *zero.shape)), b.v], axis=1))
+        upper = XorShared(jnp.concatenate([b.v, jnp.broadcast_to(zero, (2, *zero.shape))], axis=1)).xor_public(
+            np.concatenate([np.zeros(len(es) - 1, np.uint64), np.ones(1, np.uint64)]).reshape(
+                (-1,) + (1,) * x.ndim))
+        onehot = upper ^ lower  # o_e = b_(e+1) ⊕ b_e with b_jlo = 0, b_jhi = 1
+        shifts = _pow2(jhi - 1 - es).reshape((-1,) + (1,) * x.ndim)
+        cands = bcast(x, (len(es), *x.shape)).mul_public(shifts, frac=q + jhi - 1)
+        u = select_many(ctx, onehot, cands, op=f"{op}/select")
+    else:
+        onehot = None
+        u = x.with_frac(q + jhi - 1)  # one exponent: u = x / 2^jlo
+    if u.frac > nl.poly_frac:
+        u = L.truncate(ctx, u, u.frac - nl.poly_frac, op=f"{op}/trunc")
+    elif u.frac < nl.poly_frac:
+        u = u.mul_public(_pow2(nl.poly_frac - u.frac), frac=nl.poly_frac)
+    return onehot, u, es
+
+
+def _power_correction(ctx: Context, onehot, ys: list[Shared], es, shift_of, op: str) -> Shared:
+    """r = Σ_e o_e · y_(e mod len(ys)) · 2^(−shift_of(e)), exactly, at scale
+    y.frac + max(shift_of): one select round."""
+    sh = np.array([shift_of(e) for e in es])
+    f_out = ys[0].frac + max(0, int(sh.max()))
+    cands = stack([ys[int(e) % len(ys)].mul_public(_pow2(f_out - ys[0].frac - s), frac=f_out)
+                   for e, s in zip(es, sh)])
+    if onehot is None:
+        return cands[0]
+    return select_many(ctx, onehot, cands, op=op)
+
+
+def reciprocal(ctx: Context, x: Shared, lo: float, hi: float, op: str = "reciprocal") -> Shared:
+    """1/x for x ∈ [lo, hi] (positive; public range), MSB-normalised (SPU's approach with a
+    polynomial instead of Goldschmidt iterations).
+
+    x = u·2^e (`_normalise`), 1/u by a degree-4 polynomial in u − 3/2 (relative error
+    4.6e-4), then 1/x = (1/u)·2^−e exactly. The result has a *higher* scale,
+    poly_frac + ⌈log2 hi⌉ − 1 fractional bits, to keep relative precision for large x:
+    multiply with `mul` and truncate by its frac.
+    Cost: msb(bits) + 1 + 1 + 4 + 1 rounds (12 at softmax's [1, 76]); bits =
+    ⌈log2 hi⌉ − ⌊log2 lo⌋ + norm_tol_bits + 1.
+    """
+    nl = ctx.config.nonlinear
+    onehot, u, es = _normalise(ctx, x, lo, hi, op)
+    t = u.add_public(ring_const(-1.5, u.frac))
+    (y,) = poly(ctx, t, [(nl.recip_coeffs, 0.63)], nl.poly_frac, op=f"{op}/poly")
+    return _power_correction(ctx, onehot, [y], es, lambda e: e, op=f"{op}/scale")
+
+
+def rsqrt(ctx: Context, x: Shared, lo: float, hi: float, mult: float = 1.0, op: str = "rsqrt") -> Shared:
+    """mult/√x for x ∈ [lo, hi] (positive; public range).
+
+    x = u·2^e (`_normalise`); two polynomials in u − 3/2 give mult·u^(−1/2) and
+    mult·u^(−1/2)/√2 (shared powers, relative error 1.1e-4); the odd/even part of e picks
+    one and 2^(−⌊e/2⌋) is an exact shift (one select). Output scale poly_frac +
+    max(0, ⌊(⌈log2 hi⌉ − 1)/2⌋).
+    Cost: msb(bits) + 1 + 1 + 4 + 1 rounds (13 for LayerNorm's n·[1e-4, 1e4] at n ≤ 1024).
+    """
+    nl = ctx.config.nonlinear
+    onehot, u, es = _normalise(ctx, x, lo, hi, op)
+    t = u.add_public(ring_const(-1.5, u.frac))
+    c = np.asarray(nl.rsqrt_coeffs) * mult
+    radius = 0.63
+    y_even, y_odd = poly(ctx, t, [(tuple(c), radius), (tuple(c / math.sqrt(2.0)), radius)], nl.poly_frac,
+                         op=f"{op}/poly")
+    return _power_correction(ctx, onehot, [y_even, y_odd], es, lambda e: e // 2, op=f"{op}/scale")
+
+
+# --- max ---------------------------------------------------------------------------------------------
+def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] = (), op: str = "max"):
+    """Max over the last axis (a group of g elements) and the carried values at its position.
+
+    1. All g(g−1)/2 pairs i < j compared at once on the coarse view: β_ij = [x̃_i < x̃_j].
+    2. β to arithmetic (1 round); wins_j = #{i < j: β_ij} + #{k > j: ¬β_jk} (local).
+    3. The winner has wins = g − 1; exactly one element does (ties go to the lowest
+       index): one comparison at ⌈log2 g⌉ + 2 bits.
+    4. Select x (and the carried values) at the winner: one round.
+    Returns (max, [carried...]) with the last axis removed.
+    Cost: msb(cmp.bits) + 1 + msb(8) + 1 rounds (11 at 16 bits); bytes per party:
+    g(g−1)/2·(msb bytes + 1/8) + g·(12 + (8 + 1/8)·(1 + len(carry))).
+    """
+    g = x.shape[-1]
+    if g == 1:
+        return x[..., 0], [c[..., 0] for c in carry]
+    ii, jj = np.triu_indices(g, 1)
+    view = coarse_view(x, cmp.drop)
+    beta = msb_bits(ctx, view[..., ii] - view[..., jj], cmp.bits, op=f"{op}/pairs")
+    beta = C.b2a(ctx, beta, op=f"{op}/b2a")  # (..., P) 0/1
+    inc = np.zeros((len(ii), g), np.int64)
+    inc[np.arange(len(ii)), jj] += 1
+    inc[np.arange(len(ii)), ii] -= 1
+    base = (g - 1 - np.arange(g)).astype(np.uint64)  # #{k > j}
+    wins = _public_linear(beta, inc).add_public(base)
+    cbits = max(8, math.ceil(math.log2(g)) + 2)
+    loses = msb_bits(ctx, wins.add_public(np.uint64(2**64 - (g - 1))), cbits, op=f"{op}/winner")
+    items = [x, *carry]
+    vals = stack([v.with_frac(0) for v in items])  # (K, ..., g)
+    win = C.not_bit(loses)
+    win = XorShared(jnp.broadcast_to(win.v[:, None], (2, *vals.shape)))
+    picked = C.select_bit(ctx, win, vals, op=f"{op}/select").sum(axis=-1)  # (K, ...)
+    outs = [picked[k].with_frac(v.frac) for k, v in enumerate(items)]
+    return outs[0], outs[1:]
+
+
+def tree_max(ctx: Context, x: Shared, cmp: CoarseCompare, group: int, with_index: bool = False,
+             op: str = "max"):
+    """Max over the last axis by levels of `group_max` (⌈log_group n⌉ levels, balanced group
+    size). Groups are padded with copies of the row's first element, which never change the
+    result or the tie rule (the lowest index of the maximal value wins).
+    Returns (max, index or None); the last axis is removed; the index is shared, frac 0.
+    Cost: levels × group_max.
+    """
+    n = x.shape[-1]
+    idx = Shared.public(jnp.broadcast_to(jnp.arange(n, dtype=DTYPE), x.shape)) if with_index else None
+    levels = max(1, math.ceil(math.log(n) / math.log(group) - 1e-9)) if n > 1 else 0
+    size = math.ceil(n ** (1.0 / levels) - 1e-9) if levels else 1
+    for level in range(levels):
+        n = x.shape[-1]
+        g = min(size, n) if level < levels - 1 else n
+        groups = math.ceil(n / g)
+        pad = groups * g - n
+        if pad:
+            fill = [x[..., :1]] * pad
+            from mpc.shares import concatenate
+            x = concatenate([x, *fill], axis=-1)
+            if idx is not None:
+                idx = concatenate([idx, *[idx[..., :1]] * pad], axis=-1)
+        shape = (*x.shape[:-1], groups, g)
+        carry = [idx.reshape(shape)] if idx is not None else []
+        x, carried = group_max(ctx, x.reshape(shape), cmp, carry, op=f"{op}/l{level}")
+        idx = carried[0] if idx is not None else None
+    return x[..., 0], (idx[..., 0] if idx is not None else None)
+
+
+def max_(ctx: Context, x: Shared, axis: int = -1, op: str = "max") -> Shared:
+    """Exact max along an axis (`argmax_compare`, `max_group` per level); ties are exact."""
+    nl = ctx.config.nonlinear
+    x = x.swapaxes(axis, -1) if axis not in (-1, x.ndim - 1) else x
+    m, _ = tree_max(ctx, x, nl.argmax_compare, nl.max_group, op=op)
+    return m
+
+
+# --- activations ------------------------------------------------------------------------------
+def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act") -> Shared:
+    """A `SymmetricPiecewise` function of x (GeLU, SiLU, sigmoid).
+
+    1. One coarse batch of comparisons at 0, ±breaks, ±2^clip_log2 (`act_compare`).
+    2. s = x/2^clip_log2 (free rescale); for each |x|-segment k, the positive-side and
+       negative-side polynomials in s (H_k(s) and parity·H_k(−s), plus the linear part
+       folded into the coefficients) — all from shared powers (`poly`, degree 4).
+    3. Region bits are XORs of neighbouring comparison bits (local); the result is
+       Σ_region bit·value in one select round (tails: x or a constant).
+    Cost: msb(16) 5 + poly 4 + select 1 = 10 rounds; bytes per element:
+    (2K+3)·msb + poly + (2K+3)·(8 + 1/8) for K breakpoints.
+    """
+    nl = ctx.config.nonlinear
+    f = x.frac
+    big = 2.0 ** spec.clip_log2
+    brk = list(spec.breaks)
+    thr = [-big, *[-b for b in reversed(brk)], 0.0, *brk, big]
+    bits = coarse_lt(ctx, x, np.array(thr).reshape((-1,) + (1,) * x.ndim), nl.act_compare, op=f"{op}/cmp")
+    s = x.with_frac(f + spec.clip_log2)
+    edges = [0.0, *brk, big]
+    polys = []
+    for k, cs in enumerate(spec.segments):
+        cs = np.array(cs, np.float64)
+        pos = cs.copy()
+        neg = spec.parity * cs * (-1.0) ** np.arange(len(cs))
+        for p in (pos, neg):
+            p[0] += spec.lin_c
+            p[1] += spec.lin_a * big
+        r = edges[k + 1] / big + 0.02
+        polys += [(tuple(pos), r), (tuple(neg), r)]
+    ys = poly(ctx, s, polys, f, op=f"{op}/poly")
+    nseg = len(spec.segments)
+    values, sel = [], []
+    # regions between thresholds r and r+1: negative segments (outermost first), then positive
+    for r in range(len(thr) - 1):
+        if r < nseg:
+            values.append(ys[2 * (nseg - 1 - r) + 1])
+        else:
+            values.append(ys[2 * (r - nseg)])
+        sel.append(_bit(bits, r + 1) ^ _bit(bits, r))
+    for a, c, bit in ((spec.right_a, spec.right_c, C.not_bit(_bit(bits, len(thr) - 1))),
+                      (spec.left_a, spec.left_c, _bit(bits, 0))):
+        if a == 0.0 and c == 0.0:
+            continue
+        if a not in (0.0, 1.0):
+            raise ValueError(f"piecewise: tail slope must be 0 or 1, got {a}")
+        v = x if a == 1.0 else Shared.public(jnp.zeros(x.shape, DTYPE), f)
+        values.append(v.add_public(ring_const(c, f)) if c else v)
+        sel.append(bit)
+    sel = XorShared(jnp.stack([b.v for b in sel], axis=1))
+    return select_many(ctx, sel, stack(values), op=f"{op}/select")
+
+
+def gelu(ctx: Context, x: Shared, op: str = "gelu") -> Shared:
+    """GeLU (tanh form) within 1e-3 on all inputs with |x| < 512. 10 rounds (`piecewise`)."""
+    return piecewise(ctx, x, ctx.config.nonlinear.gelu, op=op)
+
+
+def silu(ctx: Context, x: Shared, op: str = "silu") -> Shared:
+    """SiLU x·σ(x) within 1e-3 for |x| < 512. 10 rounds (`piecewise`)."""
+    return piecewise(ctx, x, ctx.config.nonlinear.silu, op=op)
+
+
+def sigmoid(ctx: Context, x: Shared, op: str = "sigmoid") -> Shared:
+    """σ(x) within 2e-4 for |x| < 512. 10 rounds (`piecewise`)."""
+    return piecewise(ctx, x, ctx.config.nonlinear.sigmoid, op=op)
+
+
+from mpc.protocols.norm import layernorm, rmsnorm  # noqa: E402,F401  (re-exported)
+from mpc.protocols.softmax import softmax  # noqa: E402,F401
