@@ -1,0 +1,99 @@
+"""Argmax and inverse-transform sampling over shared rows (the vocabulary axis).
+
+The result of both is an index, shared (frac 0) or opened to the client only
+(`ctx.channel.open(..., to=CLIENT)`: the server sends its share, 8 bytes per index,
+1 round; the server learns nothing).
+
+* `argmax`: `tree_max` with exact comparisons (`argmax_compare`, 24 bits: exact for
+  |x_i − x_j| < 128 at f = 16) over groups of `argmax_group` (16) elements per level,
+  carrying the index. Tie rule: the lowest index among entries whose *fixed-point
+  encodings* are equal (numpy's argmax of the encoded row); entries that differ by at
+  least one ulp are ordered exactly. Rounds per level: msb(24) 6 + 1 + msb(8) 4 + 1 = 12;
+  ⌈log_16 V⌉ levels (4 for V = 49,152 or 50,257: 48 rounds).
+* `sample`: inverse-transform sampling from unnormalised non-negative weights w:
+  1. prefix sums P_k = Σ_(i≤k) w_i and the total W = P_(V−1) (local, exact);
+  2. u ∈ [0, 1) with `sample_u_bits` (F) bits: each party contributes F bits of its own
+     randomness (`Dealer.own_random`), u's bits are their XOR (uniform, known to
+     nobody); B2A of the F bits (1 round, ⌈F/8⌉ bytes per sample);
+  3. t = u·W exactly (`mul`, untruncated, scale F + frac, 1 round);
+  4. c_k = [t < P_k·2^F] for k < V − 1, one batch (msb at `sample_compare`, 64 bits:
+     7 rounds, 192 bytes per entry);
+  5. index = (V − 1) − Σ c_k after B2A (1 round, ⌈(V−1)/8⌉ bytes): the number of prefix
+     sums ≤ t, i.e. i with P_(i−1) ≤ t < P_i, drawn with probability w_i/W up to 2^−F;
+  6. open the index to the client (1 round).
+  Rounds: 1 + 1 + 7 + 1 + 1 = 11. Needs W·2^(F + frac) < 2^62 (W < 2^22 at frac 16).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpc.context import Context
+from mpc.protocols import compare as C
+from mpc.protocols import linear as L
+from mpc.protocols.nonlinear import exp, msb_bits, tree_max
+from mpc.ring import DTYPE
+from mpc.shares import CLIENT, Shared, XorShared
+
+
+def argmax(ctx: Context, x: Shared, op: str = "argmax") -> Shared:
+    """Index of the max along the last axis (lowest index on ties), shared, frac 0."""
+    nl = ctx.config.nonlinear
+    _, idx = tree_max(ctx, x, nl.argmax_compare, nl.argmax_group, with_index=True, op=op)
+    return idx
+
+
+def open_index(ctx: Context, idx: Shared, op: str = "open_index") -> jax.Array:
+    """Open a shared index to the client only (the server sends its share; 1 round)."""
+    return ctx.channel.open(op, idx, to=CLIENT).astype(jnp.int64)
+
+
+def sample_index(ctx: Context, w: Shared, op: str = "sample") -> Shared:
+    """A draw i ~ w_i / Σw along the last axis (w ≥ 0, not necessarily normalised),
+    shared, frac 0. See the module docstring for the steps and costs."""
+    nl = ctx.config.nonlinear
+    nbits = nl.sample_u_bits
+    batch, v = w.shape[:-1], w.shape[-1]
+    # 2. u from both parties' own random bits
+    words = ctx.dealer.own_random(batch)
+    shifts = np.arange(nbits, dtype=np.uint64).reshape((-1,) + (1,) * len(batch))
+    bits = XorShared(((words.v[:, None] >> shifts[None]) & np.uint64(1)))  # (F, *batch)
+    u_bits = C.b2a(ctx, bits, op=f"{op}/u")
+    u = u_bits.mul_public((np.uint64(1) << shifts)).sum(axis=0).with_frac(nbits)  # (*batch,)
+    # 1., 3. prefix sums and t = u·W
+    prefix = w.cumsum(axis=-1)
+    total = prefix[..., v - 1:]
+    t = L.mul(ctx, u[..., None], total, op=f"{op}/threshold")  # scale F + frac, exact
+    if v == 1:
+        return Shared.public(jnp.zeros((*batch,), DTYPE))
+    scaled = prefix[..., :v - 1].mul_public(np.uint64(1) << np.uint64(nbits), frac=t.frac)
+    # 4. c_k = [t < P_k]
+    cmp = nl.sample_compare
+    lt = msb_bits(ctx, (t - scaled) if cmp.drop == 0 else _coarse(t - scaled, cmp.drop), cmp.bits, op=f"{op}/compare")
+    # 5. count
+    count = C.b2a(ctx, lt, op=f"{op}/count").sum(axis=-1)
+    return (-count).add_public(np.uint64(v - 1))
+
+
+def _coarse(x: Shared, drop: int) -> Shared:
+    return Shared(x.v >> np.uint64(drop), 0)
+
+
+def sample(ctx: Context, w: Shared, op: str = "sample") -> jax.Array:
+    """`sample_index` opened to the client only. Returns the index (int64)."""
+    return open_index(ctx, sample_index(ctx, w, op=op), op=f"{op}/open")
+
+
+def sample_logits(ctx: Context, logits: Shared, temperature: float = 1.0, op: str = "sample_logits") -> jax.Array:
+    """A draw from softmax(logits / temperature) opened to the client: unnormalised
+    weights e^((x − m)/T) (coarse tree max + exp, no reciprocal needed), then `sample`.
+    Rounds: (T ≠ 1: 1) + levels·11 + 15 + 11."""
+    nl = ctx.config.nonlinear
+    if temperature <= 0:
+        raise ValueError(f"sample_logits: temperature must be > 0 (use argmax for greedy), got {temperature}")
+    x = logits if temperature == 1.0 else L.mul_const(ctx, logits, 1.0 / temperature, op=f"{op}/temperature")
+    m, _ = tree_max(ctx, x, nl.softmax_max_compare, nl.max_group, op=f"{op}/max")
+    e = exp(ctx, x - m[..., None], out_frac=nl.exp_frac, op=f"{op}/exp")
+    return sample(ctx, e, op=op)
