@@ -181,6 +181,10 @@ def score_pool(config, params, tokens: np.ndarray, k: int, temperature: float,
     return Pool(tokens.astype(np.int32), np.concatenate(idx), np.concatenate(prob), mask.astype(bool))
 
 
+def _pow2(n: int) -> int:
+    return 1 << (max(1, n) - 1).bit_length()
+
+
 def sample_pool(config, params, prompts: list[list[int]], per_prompt: int, seq_len: int,
                 key: jax.Array, *, k: int, temperature: float, eos_id: int | None,
                 max_batch: int = 32, progress: Callable[[int], None] | None = None) -> Pool:
@@ -196,16 +200,20 @@ def sample_pool(config, params, prompts: list[list[int]], per_prompt: int, seq_l
     for i, pr in enumerate(prompts):
         if seq_len + 1 - len(pr) >= 2:
             by_len.setdefault(len(pr), []).append(i)
-    per_batch = max(1, max_batch // per_prompt)
+    per_batch = _pow2(max(1, max_batch // per_prompt) + 1) // 2  # a power of two
     for T0 in sorted(by_len):
         members = by_len[T0]
         for g in range(0, len(members), per_batch):
             group = members[g:g + per_batch]
             new = seq_len + 1 - T0
-            out, tgt = sampling.sample(config, params, np.asarray([prompts[i] for i in group]),
+            # Pad the group to a power of two of prompts (repeating its first one): few
+            # distinct batch shapes, so the decode step compiles a handful of times at most.
+            padded = group + [group[0]] * (_pow2(len(group)) - len(group))
+            out, tgt = sampling.sample(config, params, np.asarray([prompts[i] for i in padded]),
                                        per_prompt, new, jax.random.fold_in(key, group[0]),
                                        temperature=temperature, k=kk, max_len=seq_len + 1)
-            n = out.shape[0]
+            n = len(group) * per_prompt
+            out, tgt = out[:n], Target(tgt.idx[:n], tgt.prob[:n])
             idx = np.zeros((n, seq_len, kk), np.int32)
             prob = np.zeros((n, seq_len, kk), np.float32)
             idx[:, T0 - 1:] = tgt.idx

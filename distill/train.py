@@ -146,7 +146,7 @@ class RunResult:
     losses: list[float]
     steps: int
     seconds: float
-    tokens: int  # positions processed (batch × seq_len × steps run here)
+    tokens: int  # positions processed after the first (compiling) step
 
     @property
     def tokens_per_second(self) -> float:
@@ -203,7 +203,10 @@ def train(student: Student, pool: data_mod.Pool, tc: TrainConfig, *,
         if not np.isfinite(loss):
             raise UserError(f"the loss became {loss} at step {s}; lower the learning rate")
         losses.append(loss)
-        tokens += tc.batch * L
+        if s == start:  # throughput excludes the first step (compilation)
+            t0 = time.perf_counter()
+        else:
+            tokens += tc.batch * L
         dt = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}")

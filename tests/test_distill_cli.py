@@ -1,0 +1,95 @@
+"""`pspec distill` and `pspec eval-acceptance` end to end on a tiny teacher (byte tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pspec_jax import cli
+
+
+def _json_out(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_distill_writes_a_loadable_drafter(tiny_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PSPEC_HOME", str(tmp_path / "home"))
+    teacher = tiny_folder("teacher", n_layers=3, max_seq_len=256, std=0.3)
+    out = tmp_path / "drafter"
+    rc = cli.main(["distill", "--teacher", str(teacher), "--student", "trunc1", "--loss", "tv",
+                   "--data", "teacher", "--tokens", "1024", "--seq-len", "128", "--per-prompt", "1",
+                   "--lr", "1e-2", "--out", str(out), "--json"])
+    assert rc == 0
+    meta = _json_out(capsys)
+    assert meta["steps"] == 1 and meta["student"] == "trunc1" and meta["loss"] == "tv"
+    assert 0.0 <= meta["acceptance_before"] <= 1.0 and 0.0 <= meta["acceptance_rate"] <= 1.0
+    assert (out / "config.json").exists() and (out / "pspec_drafter.json").exists()
+
+    from pspec_jax.models import load_model
+
+    drafter = load_model(out)
+    assert drafter.config.n_layers == 1 and drafter.tokenizer is not None
+    # eval-acceptance on the written folder reproduces the α the run reported
+    rc = cli.main(["eval-acceptance", "--private", str(teacher), "--public", str(out), "--json"])
+    assert rc == 0
+    res = _json_out(capsys)
+    assert res["acceptance_rate"] == pytest.approx(meta["acceptance_rate"], abs=1e-5)
+    a = res["acceptance_rate"]
+    assert res["tokens_per_step"]["4"] == pytest.approx((1 - a ** 5) / (1 - a))
+    # the teacher as its own drafter accepts everything (up to float16 storage of p)
+    rc = cli.main(["eval-acceptance", "--private", str(teacher), "--public", str(teacher), "--json"])
+    assert rc == 0 and _json_out(capsys)["acceptance_rate"] > 0.998
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--loss", "kl"], "invalid choice"),
+    (["--student", "huge"], "unknown student preset"),
+    (["--student", "trunc9"], "only 3 layers"),
+    (["--tokens", "0"], "--tokens"),
+])
+def test_distill_bad_input_is_one_line_exit_2(tiny_folder, tmp_path, monkeypatch, capsys, argv, msg):
+    monkeypatch.setenv("PSPEC_HOME", str(tmp_path / "home"))
+    teacher = tiny_folder("teacher", n_layers=3, max_seq_len=256)
+    with pytest.raises(SystemExit) if "invalid" in msg else _nullctx():
+        rc = cli.main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), *argv])
+        assert rc == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+
+
+def test_eval_acceptance_rejects_other_tokenizer(tiny_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PSPEC_HOME", str(tmp_path / "home"))
+    teacher = tiny_folder("teacher", max_seq_len=256)
+    other = tiny_folder("other", max_seq_len=256, shuffle_seed=3)
+    rc = cli.main(["eval-acceptance", "--private", str(teacher), "--public", str(other)])
+    assert rc == 2 and "tokenizer" in capsys.readouterr().err
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_corpus_windows_are_deterministic(monkeypatch, tmp_path):
+    """The corpus reader cuts seeded windows (no network: a fake unpacked corpus)."""
+    from distill import data
+
+    monkeypatch.setenv("PSPEC_HOME", str(tmp_path))
+    d = data.corpus_dir()
+    d.mkdir(parents=True)
+    (d / "a_gut.txt").write_text("to be or not to be " * 200)
+    (d / "b_gut.txt").write_text("all the world's a stage " * 200)
+    (d / ".complete").write_text("x")
+
+    class Tok:
+        def encode(self, s):
+            return [ord(c) % 97 for c in s]
+
+    w1 = data.corpus_windows(Tok(), 16, 5, seed=1)
+    w2 = data.corpus_windows(Tok(), 16, 5, seed=1)
+    assert w1.shape == (5, 17) and np.array_equal(w1, w2)
