@@ -8,8 +8,11 @@ LLaMA/GPT-2 names: the student's blocks, its final norm and the shared embedding
 live in DIR/ckpt (Orbax) and can be deleted once the run is done.
 
 `default_drafter()` is the drafter the demo uses: the distilled one at
-`$PSPEC_HOME/drafters/default` when present, else the untrained truncated drafter (with
-a one-line hint naming the command that makes the aligned one).
+`$PSPEC_HOME/drafters/default` when present (built on first use from the small delta
+shipped in `distill/drafters/default/` when the repository has one), else the untrained
+truncated drafter (with a one-line hint naming the command that makes the aligned one).
+Small students (LoRA presets) also get DIR/trained.safetensors: only their trained
+leaves, from which `materialize` rebuilds the full folder over the default model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from typing import Any
 from distill.data import pspec_home
 
 META = "pspec_drafter.json"
+DELTA = "trained.safetensors"
+DELTA_LIMIT = 12 * 2**20  # bytes: what may go into git
+# A drafter shipped in the repository as trained leaves only (LoRA factors + norms).
+SHIPPED = Path(__file__).resolve().parent / "drafters" / "default"
 DEFAULT_NAME = "default"
 # The recipe of the default drafter (README; scripts/distill_table.py records measured runs).
 DEFAULT_COMMAND = ("pspec distill --teacher DEFAULT --student trunc8 --loss tv --data teacher "
@@ -32,13 +39,54 @@ def default_drafter_dir() -> Path:
     return pspec_home() / "drafters" / DEFAULT_NAME
 
 
-def save_drafter(out: str | Path, config, params, tokenizer, meta: dict[str, Any]) -> Path:
+def save_drafter(out: str | Path, config, params, tokenizer, meta: dict[str, Any],
+                 trained: dict[str, Any] | None = None) -> Path:
+    """Writes the HF folder; with `trained` (the student's trained leaves by path) small
+    enough to keep in git (≤ DELTA_LIMIT bytes), also DIR/trained.safetensors, from which
+    `materialize` rebuilds the folder given the same teacher."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     from pspec_jax.models.loaders import save_hf_folder
 
     out = Path(out)
     save_hf_folder(out, config, params, tokenizer)
+    if trained is not None:
+        arrays = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in trained.items()}
+        size = sum(a.nbytes for a in arrays.values())
+        if size <= DELTA_LIMIT:
+            save_file(arrays, str(out / DELTA), metadata={"student": str(meta.get("student"))})
     (out / META).write_text(json.dumps(meta, indent=2))
     return out
+
+
+def materialize(delta_dir: str | Path, out: str | Path) -> Path:
+    """Rebuilds a drafter folder from DIR/trained.safetensors + DIR/pspec_drafter.json and
+    the default private model (the student preset's untouched parts come from it)."""
+    from safetensors.numpy import load_file
+
+    from distill import students
+    from pspec_jax.errors import UserError
+    from pspec_jax.models import load_default_private
+
+    delta_dir = Path(delta_dir)
+    meta = read_meta(delta_dir)
+    if meta is None or not (delta_dir / DELTA).exists():
+        raise UserError(f"{delta_dir} holds no {DELTA} + {META}")
+    if str(meta.get("teacher", "DEFAULT")).upper() != "DEFAULT":
+        raise UserError(f"{delta_dir}: only drafters of the DEFAULT teacher can be rebuilt")
+    private = load_default_private()
+    st = students.build_student(meta["student"], private.config, private.params,
+                                seed=int(meta.get("seed", 0)))
+    trained, base = st.split()
+    got = load_file(str(delta_dir / DELTA))
+    if set(got) != set(trained):
+        raise UserError(f"{delta_dir / DELTA} does not match the preset {meta['student']}")
+    for k, v in got.items():
+        if tuple(v.shape) != tuple(trained[k].shape):
+            raise UserError(f"{delta_dir / DELTA}: {k} has shape {v.shape}, expected {trained[k].shape}")
+    params = students.effective(students.merge({k: v for k, v in got.items()}, base))
+    return save_drafter(out, st.config, params, private.tokenizer, meta)
 
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:
@@ -54,6 +102,10 @@ def default_drafter(quiet: bool = False):
     from pspec_jax.models import load_default_drafter, load_model
 
     d = default_drafter_dir()
+    if not (d / "config.json").exists() and (SHIPPED / DELTA).exists():
+        if not quiet:
+            print(f"pspec: building the distilled drafter from {SHIPPED} into {d}", file=sys.stderr)
+        materialize(SHIPPED, d)
     if (d / "config.json").exists():
         return load_model(d, name="distilled-drafter")
     if not quiet:

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pspec_jax.errors import UserError
 from pspec_jax.models import arch
@@ -77,21 +78,28 @@ def _copy(params: Params) -> Params:
 
 @dataclasses.dataclass(frozen=True)
 class Truncated:
-    """The first `layers` blocks; `train` in {"all", "last", "norms"}; `last` blocks for "last"."""
+    """The first `layers` blocks; `train` in {"all", "last", "norms", "lora"}; `last` blocks
+    for "last"; `rank` of the low-rank adapters for "lora" (with the norms)."""
 
     layers: int
     train: str = "all"
     last: int = 0
+    rank: int = 0
 
     def build(self, config: ModelConfig, params: Params, key: jax.Array) -> Student:
-        del key
         cfg, p = arch.truncate_params(config, params, self.layers)
         p = _copy(p)
         first = self.layers - self.last if self.train == "last" else 0
+        if self.train == "lora":
+            p["lora"] = init_lora(p, self.rank, key)
 
         def rule(keys):
+            if keys[0] == "lora":
+                return True
             if keys[0] == "embed" or keys[0] == "pos_embed":
                 return False
+            if self.train == "lora":
+                return any(k in ("attn_norm", "mlp_norm", "final_norm") for k in keys)
             if keys[0] == "lm_head":
                 return self.train != "norms"
             if self.train == "norms":
@@ -103,7 +111,7 @@ class Truncated:
 
     @property
     def name(self) -> str:
-        return f"trunc{self.layers}" + {"all": "", "norms": "-norms",
+        return f"trunc{self.layers}" + {"all": "", "norms": "-norms", "lora": f"-lora{self.rank}",
                                         "last": f"-last{self.last}"}[self.train]
 
 
@@ -139,7 +147,7 @@ class Fresh:
         return f"fresh{self.layers}" + (f"-ff{self.d_ff}" if self.d_ff else "")
 
 
-_PRESET = re.compile(r"^(?:trunc(\d+)(?:-(all|norms|last(\d+)))?|fresh(\d+)(?:-ff(\d+))?)$")
+_PRESET = re.compile(r"^(?:trunc(\d+)(?:-(all|norms|last(\d+)|lora(\d+)))?|fresh(\d+)(?:-ff(\d+))?)$")
 
 
 def parse_preset(name: str):
@@ -147,7 +155,7 @@ def parse_preset(name: str):
     m = _PRESET.match(name.strip())
     if not m:
         raise UserError(f"unknown student preset {name!r} (examples: trunc8, trunc8-last2, "
-                        "trunc8-norms, fresh2, fresh2-ff1024)")
+                        "trunc8-norms, trunc8-lora16, fresh2, fresh2-ff1024)")
     if m.group(1):
         k, mode, last = int(m.group(1)), m.group(2) or "all", m.group(3)
         if k < 1:
@@ -157,8 +165,13 @@ def parse_preset(name: str):
             if not 1 <= n <= k:
                 raise UserError(f"student preset {name!r}: last{n} must be in [1, {k}]")
             return Truncated(k, "last", n)
+        if mode.startswith("lora"):
+            r = int(m.group(4))
+            if r < 1:
+                raise UserError(f"student preset {name!r}: the LoRA rank must be >= 1")
+            return Truncated(k, "lora", rank=r)
         return Truncated(k, mode)
-    n, ff = int(m.group(4)), int(m.group(5) or 0)
+    n, ff = int(m.group(5)), int(m.group(6) or 0)
     if n < 1:
         raise UserError(f"student preset {name!r}: needs at least one layer")
     return Fresh(n, ff)
@@ -171,6 +184,39 @@ def build_student(preset: str | Any, teacher_config: ModelConfig, teacher_params
         raise UserError(f"student preset {preset.name}: the teacher has only "
                         f"{teacher_config.n_layers} layers")
     return preset.build(teacher_config, teacher_params, jax.random.PRNGKey(seed))
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "fc", "proj")
+
+
+def init_lora(params: Params, rank: int, key: jax.Array) -> dict[str, Any]:
+    """Low-rank adapters W + A·B for every linear of every block (Hu et al. 2021, LoRA):
+    A (in, r) ~ N(0, 1/in), B (r, out) = 0, so the untrained student equals the base."""
+    lora: dict[str, Any] = {}
+    for i in range(len(params["layers"])):
+        for name in LORA_TARGETS:
+            if name not in params["layers"][i]:
+                continue
+            w = params["layers"][i][name]["w"]
+            key, sub = jax.random.split(key)
+            a = jax.random.normal(sub, (w.shape[0], rank), F32) * F32(1.0 / np.sqrt(w.shape[0]))
+            lora[f"{i}.{name}"] = {"a": a.astype(F32), "b": jnp.zeros((rank, w.shape[1]), F32)}
+    return lora
+
+
+def effective(params: Params) -> Params:
+    """The arch.py params a student computes with: W + A·B where it has LoRA adapters."""
+    if "lora" not in params:
+        return params
+    p = {k: v for k, v in params.items() if k != "lora"}
+    layers = [dict(lp) for lp in p["layers"]]
+    for key, ab in params["lora"].items():
+        i, name = key.split(".")
+        lin = dict(layers[int(i)][name])
+        lin["w"] = lin["w"] + jnp.einsum("ir,ro->io", ab["a"], ab["b"], preferred_element_type=F32)
+        layers[int(i)][name] = lin
+    p["layers"] = layers
+    return p
 
 
 def count(tree: Any) -> int:

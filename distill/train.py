@@ -26,7 +26,7 @@ import optax
 
 from distill import data as data_mod
 from distill.losses import LOSSES, Target, distill_loss
-from distill.students import Student, merge
+from distill.students import Student, effective, merge
 from pspec_jax.errors import UserError
 
 F32 = jnp.float32
@@ -78,7 +78,7 @@ def make_step(student_config, tc: TrainConfig, tx: optax.GradientTransformation)
     from pspec_jax.models import arch
 
     def loss_fn(trained, base, batch):
-        params = merge(trained, base)
+        params = effective(merge(trained, base))
         logits, _ = arch.forward(student_config, params, batch["inputs"])  # (B, L, V)
         return distill_loss(tc.loss, Target(batch["idx"], batch["prob"]), logits, batch["mask"],
                             temperature=tc.temperature, beta=tc.beta)
@@ -142,7 +142,7 @@ class Checkpoints:
 # ----------------------------------------------------------------- the loop
 @dataclasses.dataclass
 class RunResult:
-    params: Any  # the student's full params after training
+    params: Any  # the student's params after training (LoRA factors unmerged: see effective())
     losses: list[float]
     steps: int
     seconds: float
@@ -196,7 +196,7 @@ def train(student: Student, pool: data_mod.Pool, tc: TrainConfig, *,
     for s in range(start, end):
         if onpolicy is not None and (s == 0 or (tc.refresh and s % tc.refresh == 0)) and \
                 not (s == start and start > 0):
-            pool = onpolicy(merge(trained, base), s)
+            pool = onpolicy(effective(merge(trained, base)), s)
         rows = batch_rows(tc.seed, s, len(pool), tc.batch)
         trained, opt_state, loss = step_fn(trained, opt_state, base, _device_batch(pool.batch(rows)))
         loss = float(loss)

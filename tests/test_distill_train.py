@@ -133,3 +133,21 @@ def test_sampling_matches_the_model_law():
 def test_train_and_eval_prompts_are_disjoint():
     assert not set(TRAIN) & set(EVAL)
     assert len(set(TRAIN)) == len(TRAIN) and len(set(EVAL)) == len(EVAL)
+
+
+def test_lora_preset_starts_at_the_base_and_trains_only_adapters(setup):
+    teacher, pool, es, _ = setup
+    st = students.build_student("trunc2-lora4", teacher.config, teacher.params)
+    tr, _ = st.split()
+    assert all(k.startswith("['lora']") or "norm" in k for k in tr)
+    base = students.build_student("trunc2", teacher.config, teacher.params)
+    eff = students.effective(st.params)
+    same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                                  eff, base.params)
+    assert all(jax.tree_util.tree_leaves(same))  # B = 0: W + A·B = W exactly
+    tc = train.TrainConfig(loss="fkl", steps=10, lr=1e-2, batch=16, warmup=2)
+    res = train.train(st, pool, tc, progress=False)
+    w0 = np.asarray(base.params["layers"][0]["q"]["w"])
+    w1 = np.asarray(students.effective(res.params)["layers"][0]["q"]["w"])
+    assert not np.array_equal(w0, w1)
+    assert np.linalg.matrix_rank(w1 - w0, tol=1e-6) <= 4

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_eval:
         es = evaluate.cached_eval_set(tcfg, tparams, [format_prompt(tok, p) for p in EVAL],
                                       eos_id=eos, log=log)
-        before = evaluate.acceptance(es, student.config, student.params)
+        before = evaluate.acceptance(es, student.config, students.effective(student.params))
         log(f"α before = {before['acceptance_rate']:.4f}")
 
     per_round = len(train_prompts) * args.per_prompt * args.seq_len
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                          onpolicy=onpolicy, progress=not args.json, log=log)
     after = None
     if es is not None:
-        after = evaluate.acceptance(es, student.config, result.params)
+        after = evaluate.acceptance(es, student.config, students.effective(result.params))
         log(f"α after = {after['acceptance_rate']:.4f} (before {before['acceptance_rate']:.4f})")
     meta = {
         "command": "pspec distill " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         "acceptance_rate": after["acceptance_rate"] if after else None,
         "tokens_per_step": after["tokens_per_step"] if after else None,
     }
-    export.save_drafter(out, student.config, result.params, tok, meta)
+    export.save_drafter(out, student.config, students.effective(result.params), tok, meta,
+                        trained=student.split(result.params)[0])
     log(f"drafter written to {out} (load it with `pspec generate --public {out}`)")
     if args.json:
         print(json.dumps(meta))
