@@ -1,0 +1,218 @@
+"""Nonlinear protocols against float64 references on realistic and edge inputs.
+
+Tolerances are the issue's: GeLU/SiLU ≤ 5e-3 absolute (sigmoid too), softmax ≤ 1e-3
+absolute, reciprocal/rsqrt ≤ 1e-3 relative, LayerNorm/RMSNorm ≤ 1e-2 absolute. References
+take the fixed-point encoded inputs, so the error measured is the protocol's.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import mpc
+from mpc.approx import CoarseCompare, NonlinearConfig, SymmetricPiecewise
+from mpc.protocols import linear as L
+from mpc.protocols import nonlinear as NL
+
+ULP = 2.0**-16
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return mpc.Context(seed=b"nonlinear")
+
+
+def _q(ctx, x):
+    fp = ctx.config.fixed
+    return np.array(fp.decode(fp.encode(np.asarray(x, np.float64))))
+
+
+def _run(ctx, fn, x, *args, **kw):
+    return np.asarray(ctx.reveal(fn(ctx, ctx.share(x), *args, **kw)))
+
+
+def gelu_ref(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def silu_ref(x):
+    return x / (1 + np.exp(-x))
+
+
+def sigmoid_ref(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _activation_inputs(ctx, spec, rng):
+    big = 2.0**spec.clip_log2
+    edges = [0.0, *spec.breaks, big]
+    e = np.array([[v - ULP, v, v + ULP, v + 0.03, v - 0.03] for v in edges]).ravel()
+    return _q(ctx, np.concatenate([rng.normal(size=3000) * 4, rng.uniform(-12, 12, 2000), e, -e,
+                                   [400.0, -400.0, 64.0, -64.0, 20.0, -20.0]]))
+
+
+@pytest.mark.parametrize("name,ref,tol", [("gelu", gelu_ref, 1e-3), ("silu", silu_ref, 1e-3),
+                                          ("sigmoid", sigmoid_ref, 3e-4)])
+def test_activations_random_and_edges(ctx, name, ref, tol):
+    spec = getattr(ctx.config.nonlinear, name)
+    x = _activation_inputs(ctx, spec, np.random.default_rng(1))
+    got = _run(ctx, getattr(NL, name), x)
+    err = np.abs(got - ref(x))
+    assert err.max() <= tol, (x[np.argmax(err)], err.max())
+    assert tol <= 5e-3  # the issue's bound, with room
+
+
+def test_exp_domain_and_clip(ctx):
+    rng = np.random.default_rng(2)
+    clip = ctx.config.nonlinear.exp_clip
+    z = _q(ctx, np.concatenate([-rng.uniform(0, 30, 3000), [0.0, 1 / 32, -ULP, -clip, -clip + ULP, -clip - ULP,
+                                                             -clip + 2, -clip + 2.01, -1e2, -400.0]]))
+    got = _run(ctx, NL.exp, z)
+    ref = np.exp(z)
+    assert np.abs(got - ref).max() <= 2 * ULP + 1e-6
+    assert np.all(got[z < -clip] == 0)  # below the clip: exactly 0 (never an overflow)
+    # at softmax's working scale (2^-20): within 2e-5 everywhere (the clip is fuzzy by 2
+    # above −clip only, where e^z < 1e-6)
+    fine = np.asarray(ctx.reveal(NL.exp(ctx, ctx.share(z), out_frac=ctx.config.nonlinear.exp_frac)))
+    assert np.abs(fine - np.where(z < -clip, 0, ref)).max() <= 2e-5
+
+
+@pytest.mark.parametrize("fn,lo,hi", [("reciprocal", 1.0, 76.0), ("reciprocal", 0.01, 300.0),
+                                      ("rsqrt", 0.0768, 7.68e6), ("rsqrt", 0.5, 2.0)])
+def test_reciprocal_rsqrt_relative(ctx, fn, lo, hi):
+    rng = np.random.default_rng(3)
+    pw = 2.0 ** np.arange(math.floor(math.log2(lo)) + 1, math.ceil(math.log2(hi)))
+    x = np.concatenate([np.exp(rng.uniform(math.log(lo), math.log(hi), 3000)), [lo, hi],
+                        pw, pw + 2 * ULP, pw - ULP])
+    x = _q(ctx, x[(x >= lo) & (x <= hi)])
+    got = _run(ctx, getattr(NL, fn), x, lo, hi)
+    ref = 1 / x if fn == "reciprocal" else x**-0.5
+    rel = np.abs(got - ref) / ref
+    assert rel.max() <= 1e-3, (x[np.argmax(rel)], rel.max())
+
+
+def test_rsqrt_multiplier(ctx):
+    x = _q(ctx, np.exp(np.random.default_rng(4).uniform(0, 10, 500)))
+    got = _run(ctx, NL.rsqrt, x, 1.0, 3e4, mult=math.sqrt(768))
+    assert (np.abs(got - math.sqrt(768) / np.sqrt(x)) / (math.sqrt(768) / np.sqrt(x))).max() <= 1e-3
+
+
+def _softmax_ref(x, mask=None, temperature=1.0):
+    x = x / temperature
+    if mask is not None:
+        x = np.where(mask, x, -np.inf)
+    m = x.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    e = np.exp(x - m)
+    s = e.sum(-1, keepdims=True)
+    return np.where(s > 0, e / np.where(s > 0, s, 1), 0)
+
+
+def _softmax_inputs(ctx, rng):
+    x = rng.normal(size=(2, 10, 24)) * 3
+    x[0, 0] = 1.5  # all equal
+    x[0, 1] = 0.0
+    x[0, 1, 7] = 50.0  # one dominant entry
+    x[0, 2] = np.linspace(-200, 200, 24)  # wide range
+    x[0, 3, :] = -3.0
+    x[0, 3, 5] = -3.0 + 16.0  # entries at the clip boundary below the max
+    x[0, 3, 6] = -3.0 + 14.0
+    x[0, 3, 8] = -3.0 + 16.0 - ULP
+    x[0, 4, :12] = 30.0  # ties at the max
+    x[0, 5] = rng.normal(size=24) * 12  # large logits
+    return _q(ctx, x)
+
+
+def test_softmax_random_edges(ctx):
+    x = _softmax_inputs(ctx, np.random.default_rng(5))
+    got = _run(ctx, NL.softmax, x)
+    assert np.abs(got - _softmax_ref(x)).max() <= 1e-3
+
+
+def test_softmax_causal_and_masked_rows(ctx):
+    x = _softmax_inputs(ctx, np.random.default_rng(6))
+    mask = np.arange(24)[None, :] <= (14 + np.arange(10))[:, None]  # causal, 10 queries at the end
+    mask = np.broadcast_to(mask, x.shape).copy()
+    mask[1, 9] = False  # a fully masked row -> zeros
+    mask[1, 8] = False
+    mask[1, 8, 23] = True  # only the last entry kept
+    x[1, 4, mask[1, 4] == 0] = 1e4  # masked garbage may be huge: never affects the row
+    x = _q(ctx, x)
+    got = _run(ctx, NL.softmax, x, mask=mask)
+    ref = _softmax_ref(x, mask)
+    assert np.abs(got - ref).max() <= 1e-3
+    assert np.all(got[~mask] == 0)
+    np.testing.assert_allclose(got[1, 8, 23], 1.0, atol=1e-3)
+
+
+def test_softmax_temperature(ctx):
+    x = _q(ctx, np.random.default_rng(7).normal(size=(4, 32)) * 4)
+    got = _run(ctx, NL.softmax, x, temperature=0.7)
+    assert np.abs(got - _softmax_ref(x, temperature=0.7)).max() <= 1e-3
+
+
+def _norm_rows(rng, n, var_lo=1e-4, var_hi=1e4, rows=10, mean=True):
+    var = np.exp(np.linspace(np.log(var_lo), np.log(var_hi), rows))[:, None]
+    x = rng.normal(size=(rows, n)) * np.sqrt(var) + (rng.normal(size=(rows, 1)) * 5 if mean else 0)
+    return x
+
+
+def test_layernorm(ctx):
+    rng = np.random.default_rng(8)
+    n = 96
+    x = _norm_rows(rng, n)
+    x = np.concatenate([x, np.full((1, n), 3.25), np.eye(1, n) * 10.0])  # all-equal row, one dominant entry
+    x = _q(ctx, x)
+    g, b = _q(ctx, 1 + 0.3 * rng.normal(size=n)), _q(ctx, 0.2 * rng.normal(size=n))
+    sw = L.setup_weight(ctx, g)
+    got = np.asarray(ctx.reveal(NL.layernorm(ctx, ctx.share(x), sw, ctx.config.fixed.encode(b), 1e-5)))
+    ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
+    assert np.abs(got - ref).max() <= 1e-2
+    np.testing.assert_allclose(got[-2], b, atol=2 * ULP)  # all-equal row: exactly β (to an ulp)
+
+
+def test_rmsnorm_and_no_affine(ctx):
+    rng = np.random.default_rng(9)
+    n = 64
+    x = _q(ctx, np.concatenate([_norm_rows(rng, n, mean=False), np.eye(1, n) * 50.0]))
+    g = _q(ctx, 1 + 0.3 * rng.normal(size=n))
+    got = np.asarray(ctx.reveal(NL.rmsnorm(ctx, ctx.share(x), L.setup_weight(ctx, g), 1e-6)))
+    ref = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
+    assert np.abs(got - ref * g).max() <= 1e-2
+    plain = np.asarray(ctx.reveal(NL.rmsnorm(ctx, ctx.share(x), None, 1e-6)))
+    assert np.abs(plain - ref).max() <= 1e-2
+
+
+def test_max_exact_and_group_levels(ctx):
+    rng = np.random.default_rng(10)
+    x = _q(ctx, rng.normal(size=(3, 300)) * 20)
+    x[1, 17] = x[1, 250] = x[1].max() + ULP
+    got = np.asarray(ctx.reveal(NL.max_(ctx, ctx.share(x))))
+    np.testing.assert_array_equal(got, x.max(-1))
+    y = _q(ctx, rng.normal(size=(4, 40, 5)))
+    np.testing.assert_array_equal(np.asarray(ctx.reveal(NL.max_(ctx, ctx.share(y), axis=1))), y.max(1))
+
+
+def test_coarse_lt_is_exact_outside_its_fuzz(ctx):
+    rng = np.random.default_rng(11)
+    cmp = CoarseCompare(bits=12, drop=8)  # fuzz 2^-8, range ±2^(19-16)
+    x = _q(ctx, np.concatenate([rng.uniform(-7, 7, 4000), [-1.0, 1.0, 0.0]]))
+    b = NL.coarse_lt(ctx, ctx.share(x), 1.0, cmp)
+    got = np.asarray(ctx.channel.open("t", b)) & np.uint64(1)
+    fuzz = (x >= 1.0) & (x < 1.0 + 2.0**-8)
+    np.testing.assert_array_equal(got[~fuzz], (x[~fuzz] < 1.0).astype(np.uint64))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        CoarseCompare(bits=60, drop=10)
+    with pytest.raises(ValueError):
+        NonlinearConfig(exp_clip=40.0)
+    with pytest.raises(ValueError):
+        NonlinearConfig(max_group=1)
+    with pytest.raises(ValueError):
+        SymmetricPiecewise(clip_log2=2, breaks=(5.0,), segments=((0.0,), (0.0,)))
+    with pytest.raises(ValueError):
+        SymmetricPiecewise(clip_log2=2, breaks=(1.0,), segments=((0.0,),))
+    assert mpc.MPCConfig().nonlinear == NonlinearConfig()
