@@ -195,7 +195,8 @@ def exp(ctx: Context, x: Shared, out_frac: int | None = None, op: str = "exp") -
     2. q = p(x/2^s + 1/2) ≈ e^(x/2^squarings) (degree-8 `poly`; x/2^s is a free rescale).
     3. q ← (1 − b)·q (one select round): clipped inputs give exactly 0.
     4. squarings: q ← q² truncated (2 rounds each); the last one lands at `out_frac`.
-    Error (defaults): ≤ 5e-6 absolute on [−16, 0], 0 below −16, < 1e-6 dropped in
+    Error (defaults): ≤ 2e-5 absolute on [−16, 2^−5] at scale 2^−20 (≤ 2 ulp at f = 16),
+    0 below −16, < 1e-6 dropped in
     [−16, −14]. Works at scale `exp_frac` (20) internally.
     Cost: msb(9 bits) 4 + poly 6 + select 1 + 2·squarings 4 = 15 rounds.
     """
