@@ -39,7 +39,7 @@ from mpc.context import Context
 from mpc.protocols import compare as C
 from mpc.protocols import linear as L
 from mpc.ring import DTYPE, ring_matmul
-from mpc.shares import CLIENT, Shared, XorShared, stack
+from mpc.shares import Shared, XorShared, concatenate, stack
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -361,9 +361,7 @@ def tree_max(ctx: Context, x: Shared, cmp: CoarseCompare, group: int, with_index
         groups = math.ceil(n / g)
         pad = groups * g - n
         if pad:
-            fill = [x[..., :1]] * pad
-            from mpc.shares import concatenate
-            x = concatenate([x, *fill], axis=-1)
+            x = concatenate([x, *[x[..., :1]] * pad], axis=-1)
             if idx is not None:
                 idx = concatenate([idx, *[idx[..., :1]] * pad], axis=-1)
         shape = (*x.shape[:-1], groups, g)

@@ -33,7 +33,7 @@ import numpy as np
 from mpc.context import Context
 from mpc.protocols import compare as C
 from mpc.protocols import linear as L
-from mpc.protocols.nonlinear import exp, msb_bits, tree_max
+from mpc.protocols.nonlinear import coarse_view, exp, msb_bits, tree_max
 from mpc.ring import DTYPE
 from mpc.shares import CLIENT, Shared, XorShared
 
@@ -71,14 +71,10 @@ def sample_index(ctx: Context, w: Shared, op: str = "sample") -> Shared:
     scaled = prefix[..., :v - 1].mul_public(np.uint64(1) << np.uint64(nbits), frac=t.frac)
     # 4. c_k = [t < P_k]
     cmp = nl.sample_compare
-    lt = msb_bits(ctx, (t - scaled) if cmp.drop == 0 else _coarse(t - scaled, cmp.drop), cmp.bits, op=f"{op}/compare")
+    lt = msb_bits(ctx, coarse_view(t, cmp.drop) - coarse_view(scaled, cmp.drop), cmp.bits, op=f"{op}/compare")
     # 5. count
     count = C.b2a(ctx, lt, op=f"{op}/count").sum(axis=-1)
     return (-count).add_public(np.uint64(v - 1))
-
-
-def _coarse(x: Shared, drop: int) -> Shared:
-    return Shared(x.v >> np.uint64(drop), 0)
 
 
 def sample(ctx: Context, w: Shared, op: str = "sample") -> jax.Array:

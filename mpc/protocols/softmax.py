@@ -19,7 +19,6 @@ masked rows, clip boundaries).
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from mpc.context import Context
 from mpc.protocols import linear as L
