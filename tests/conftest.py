@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import pspec_jax  # noqa: F401  (enables x64 before any jax use)
+
+# The CLI persists XLA compilations in $PSPEC_HOME/jax-cache; tests stay hermetic.
+os.environ.setdefault("PSPEC_NO_JIT_CACHE", "1")
 
 
 @pytest.fixture(scope="session")

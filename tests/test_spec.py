@@ -86,18 +86,14 @@ def _tv_threshold(law, N):
 def _pair(case):
     if case == "llama-vs-gpt2":
         return (tiny_model("llama", seed=21, vocab_size=V, std=1.0),
-                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0))
-    if case == "gpt2-vs-llama":
-        return (tiny_model("gpt2", seed=23, vocab_size=V, std=1.0),
-                tiny_model("llama", seed=24, vocab_size=V, std=1.0, n_layers=1))
+                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0, n_layers=1))
     p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
     return p, p.truncated(1)
 
 
 CASES = [  # (pair, target law, γ, also run the negative control)
-    ("llama-vs-gpt2", Sampling(1.0), 3, True),
-    ("gpt2-vs-llama", Sampling(0.8, top_k=4), 2, False),
-    ("truncated", Sampling(1.3, top_p=0.85), 4, True),
+    ("llama-vs-gpt2", Sampling(0.8, top_k=4), 3, True),
+    ("truncated", Sampling(1.3, top_p=0.85), 4, False),
 ]
 
 
@@ -122,11 +118,12 @@ def test_plain_sampling_law_is_exact():
     model = tiny_model("llama", seed=26, vocab_size=V, std=1.0)
     sampling = Sampling(0.9, top_k=5)
     law = exact_law(model, PROMPT, sampling)
-    pval, tv, thr = law_test(sample_plain(model, sampling, 20000, seed=2), law)
+    samples = sample_plain(model, sampling, 20000, seed=2)
+    pval, tv, thr = law_test(samples, law)
     assert pval > 1e-3 and tv < thr, (pval, tv, thr)
-    other = exact_law(model, PROMPT, Sampling(1.5))  # a different law must be rejected
-    pval2, tv2, _ = law_test(sample_plain(model, Sampling(1.5), 20000, seed=2), law)
-    assert pval2 < 1e-6 and tv2 > thr and np.abs(other - law).sum() > 0.05
+    other = exact_law(model, PROMPT, Sampling(1.3))  # the test must reject a nearby law
+    pval2, tv2, thr2 = law_test(samples, other)
+    assert pval2 < 1e-6 and tv2 > thr2, (pval2, tv2, thr2)
 
 
 # ------------------------------------------------------------------ the accept rule alone
@@ -175,9 +172,14 @@ def test_accept_rule_greedy_and_edge_cases():
 
 
 # ------------------------------------------------------------------ greedy, metrics, compile
+def _model(family="llama"):
+    """One tiny config shared by the tests below so they reuse compiled steps."""
+    return tiny_model(family, seed=30, n_layers=2, std=0.7, max_seq_len=128)
+
+
 @pytest.mark.parametrize("family,gamma", [("llama", 3), ("gpt2", 1)])
 def test_greedy_spec_equals_greedy_plain(family, gamma):
-    private = tiny_model(family, seed=30, n_layers=3, std=0.7)
+    private = _model(family)
     drafter = private.truncated(1)
     g = Sampling(0.0)
     plain = generate_plain(private, [5, 9, 11], 24, g)
@@ -188,51 +190,50 @@ def test_greedy_spec_equals_greedy_plain(family, gamma):
 
 
 def test_self_drafting_accepts_everything():
-    m = tiny_model("llama", seed=31, std=0.7)
-    for s in (Sampling(0.0), Sampling(1.0)):
-        r = generate_spec(m, m, [3, 4], 20, 4, s, seed=5)
-        assert r.accepted_per_step[:-1] == [4] * (len(r.accepted_per_step) - 1)
-        assert r.tokens_per_step > 4 and r.alpha > 0.999 and r.acceptance_rate > 0.95
-        assert r.tokens == generate_plain(m, [3, 4], 20, s, seed=5).tokens or not s.greedy
+    m = _model()
+    s = Sampling(1.0)
+    r = generate_spec(m, m, [3, 4], 20, 3, s, seed=5)
+    assert r.accepted_per_step[:-1] == [3] * (len(r.accepted_per_step) - 1)
+    assert r.tokens_per_step > 3 and r.alpha > 0.999 and r.acceptance_rate > 0.95
 
 
 def test_decode_loops_compile_once():
-    private = tiny_model("llama", seed=32, n_layers=2, max_seq_len=128, d_model=48, n_heads=6,
-                         n_kv_heads=3)
+    private = tiny_model("llama", seed=32, n_layers=2, max_seq_len=96, d_model=48, n_heads=6,
+                         n_kv_heads=3)  # a config no other test uses: the first run traces
     drafter = private.truncated(1)
     s = Sampling(1.0, top_k=10)
     TRACES.clear()
-    generate_spec(private, drafter, [1, 2, 3], 30, 3, s, seed=0)
-    first = dict(TRACES)
-    assert first["spec_step"] == 1
+    r = generate_spec(private, drafter, [1, 2, 3], 30, 3, s, seed=0)
+    assert TRACES["spec_step"] == 1 and r.steps > 3
     generate_spec(private, drafter, [4, 5, 6, 7, 8], 40, 3, s, seed=1)  # same shapes: no retrace
     assert TRACES["spec_step"] == 1
     generate_plain(private, [1, 2, 3], 30, s)
     generate_plain(private, [9, 8, 7, 6], 50, s, seed=3)
     assert TRACES["plain_step"] == 1
-    assert TRACES["prefill"] <= 3  # one per (model, bucket)
+    assert TRACES["prefill"] <= 2  # one per model and prompt bucket
 
 
 def test_eos_and_max_new_tokens_and_bad_input():
-    m = tiny_model("llama", seed=33, std=0.7)
+    m = _model()
     d = m.truncated(1)
-    ref = generate_plain(m, [1, 2], 12, Sampling(0.0))
+    g = Sampling(0.0)
+    ref = generate_plain(m, [1, 2], 12, g)
     eos = ref.tokens[5]
-    r = generate_spec(m, d, [1, 2], 12, 3, Sampling(0.0), eos_id=eos)
+    r = generate_spec(m, d, [1, 2], 12, 3, g, eos_id=eos)
     assert r.tokens == ref.tokens[:ref.tokens.index(eos) + 1] and r.stop_reason == "eos"
-    r = generate_spec(m, d, [1, 2], 7, 3, Sampling(0.0))
+    r = generate_spec(m, d, [1, 2], 7, 3, g)
     assert r.tokens == ref.tokens[:7]
     with pytest.raises(UserError, match="gamma"):
         generate_spec(m, d, [1, 2], 8, 0)
     with pytest.raises(UserError, match="context"):
-        generate_spec(m, d, list(range(60)), 8, 4)
+        generate_spec(m, d, list(range(63)) * 2, 8, 4)
     with pytest.raises(UserError, match="context"):
-        generate_plain(m, list(range(64)), 8)
+        generate_plain(m, list(range(64)) * 2, 8)
     with pytest.raises(UserError, match="vocabulary"):
         generate_spec(m, tiny_model("llama", vocab_size=32), [1, 2], 4, 2)
     with pytest.raises(UserError, match="outside the vocabulary"):
         generate_plain(m, [1, 99], 4)
     with pytest.raises(UserError, match="temperature"):
         Sampling(-1.0)
-    long = generate_plain(m, list(range(50)), 100, Sampling(0.0))
-    assert long.stop_reason == "context" and 50 + len(long.tokens) <= 64
+    long = generate_plain(m, list(range(60)) * 2, 100, g)
+    assert long.stop_reason == "context" and 120 + len(long.tokens) <= 128

@@ -170,7 +170,8 @@ def _fmt(x: float, spec: str = ".3f") -> str:
 
 def summary_line(res) -> str:
     parts = [f"[{res.mode}] {len(res.tokens)} tokens in {res.seconds:.2f} s "
-             f"({_fmt(res.tokens_per_second, '.1f')} tok/s, prefill {res.prefill_seconds:.2f} s)",
+             f"({_fmt(res.tokens_per_second, '.1f')} tok/s after the first step; prefill "
+             f"{res.prefill_seconds:.2f} s, first step {res.first_step_seconds:.2f} s)",
              f"{res.steps} steps", f"{_fmt(res.tokens_per_step, '.2f')} tokens/step"]
     if res.drafted:
         parts += [f"α {_fmt(res.alpha)}", f"acceptance {_fmt(res.acceptance_rate)}"]
@@ -180,6 +181,7 @@ def summary_line(res) -> str:
 def run(args: argparse.Namespace) -> int:
     import pspec_jax  # noqa: F401  (x64 flag)
     from pspec_jax.decode import Sampling
+    from pspec_jax.decode.common import enable_compilation_cache
 
     if args.gamma < 1:
         raise UserError(f"--gamma must be >= 1, got {args.gamma}")
@@ -189,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--drafter-layers must be >= 1, got {args.drafter_layers}")
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
     runner = resolve_mode(args.mode)
+    enable_compilation_cache()
     private = load_private(args)
     ids = encode_prompt(private.tokenizer, args.prompt, args.chat)
     if not ids:

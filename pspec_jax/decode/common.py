@@ -34,6 +34,8 @@ class GenerationResult:
     drafted: int = 0  # drafts proposed in total
     seconds: float = 0.0  # decode wall time (after prefill, compile included on first use)
     prefill_seconds: float = 0.0
+    first_step_seconds: float = 0.0  # the first step alone (it compiles on first use)
+    first_step_tokens: int = 0
     stop_reason: str = "length"  # "length", "eos" or "context"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -54,6 +56,11 @@ class GenerationResult:
 
     @property
     def tokens_per_second(self) -> float:
+        """Steady-state speed: tokens after the first step over the time after it (the
+        first step carries the compilation); all tokens / all time if there is one step."""
+        rest = self.seconds - self.first_step_seconds
+        if self.steps > 1 and rest > 0:
+            return (len(self.tokens) - self.first_step_tokens) / rest
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("nan")
 
     def to_json(self, text: str | None = None) -> dict[str, Any]:
@@ -66,9 +73,28 @@ class GenerationResult:
              "tokens_per_step": num(self.tokens_per_step),
              "tokens_per_second": num(self.tokens_per_second),
              "seconds": round(self.seconds, 4), "prefill_seconds": round(self.prefill_seconds, 4),
+             "first_step_seconds": round(self.first_step_seconds, 4),
              "stop_reason": self.stop_reason}
         d.update(self.extra)
         return d
+
+
+def enable_compilation_cache() -> None:
+    """Persists XLA compilations under $PSPEC_HOME/jax-cache (the CLI's one-shot runs then
+    skip the ~10 s of compiling SmolLM2's steps after the first run). Off when
+    PSPEC_NO_JIT_CACHE is set or a cache dir is already configured."""
+    import os
+
+    from pspec_jax.models.default import pspec_home
+
+    if os.environ.get("PSPEC_NO_JIT_CACHE") or jax.config.jax_compilation_cache_dir:
+        return
+    try:
+        path = pspec_home() / "jax-cache"
+        path.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(path))
+    except OSError:
+        pass  # a read-only home only costs compile time
 
 
 def round_up(n: int, m: int) -> int:

@@ -77,9 +77,12 @@ def generate_plain(model, prompt_ids: list[int], max_new_tokens: int = 32,
     t1 = time.perf_counter()
     out: list[int] = []
     stop = "length" if max_new == max_new_tokens else "context"
+    t_first = None
     while len(out) < max_new:
         state, nxt = plain_step(config, sampling, params, state)
         tok = int(nxt[0])
+        if t_first is None:
+            t_first = time.perf_counter()
         out.append(tok)
         if on_tokens:
             on_tokens([tok])
@@ -89,4 +92,5 @@ def generate_plain(model, prompt_ids: list[int], max_new_tokens: int = 32,
     t2 = time.perf_counter()
     return GenerationResult(mode="plain", tokens=out, steps=len(out), accepted_per_step=[],
                             alpha_per_step=[], seconds=t2 - t1, prefill_seconds=t1 - t0,
+                            first_step_seconds=(t_first or t2) - t1, first_step_tokens=1,
                             stop_reason=stop)

@@ -164,10 +164,13 @@ def generate_spec(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     accepted: list[int] = []
     alphas: list[float] = []
     stop = "length" if max_new == max_new_tokens else "context"
+    t_first, first_tokens = None, 0
     while len(out) < max_new:
         state, info = spec_step(private.config, drafter.config, sampling, gamma, rule,
                                 private.params, drafter.params, state)
         n = int(info.n_accepted)
+        if t_first is None:
+            t_first, first_tokens = time.perf_counter(), min(n + 1, max_new)
         accepted.append(n)
         alphas.append(float(info.alpha))
         new = [int(t) for t in info.emitted[: n + 1]]
@@ -184,5 +187,6 @@ def generate_spec(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     return GenerationResult(mode="spec", tokens=out, steps=len(accepted),
                             accepted_per_step=accepted, alpha_per_step=alphas,
                             drafted=gamma * len(accepted), seconds=t2 - t1,
-                            prefill_seconds=t1 - t0, stop_reason=stop,
+                            prefill_seconds=t1 - t0, first_step_seconds=(t_first or t2) - t1,
+                            first_step_tokens=first_tokens, stop_reason=stop,
                             extra={"gamma": gamma})

@@ -18,14 +18,15 @@ Python API (all arrays float32; params are plain pytrees, see arch.py for the la
 
   forward(config, params, token_ids (B, T), cache=None, ops=PLAIN) -> (logits (B,T,V), cache)
       THE architecture, written once against the `ops` backend protocol (ops.py), so the
-      secure backend runs the same definition over shares.
+      secure backend runs the same definition over shares. forward_jit: the same, jitted
+      (config and ops static).
   KVCache(layers, length); init_cache(config, batch, max_len) ; cache.rollback(n)
   Transformer / GPT2 / Llama: nnx modules owning the params and calling `forward`.
   load_gguf(path), load_hf_folder(path), save_hf_folder(path, config, params, tokenizer),
   params_from_hf_state_dict(config, state_dict) (torch tensors accepted).
 """
 
-from pspec_jax.models.arch import (forward, init_params, param_count, rope_tables,
+from pspec_jax.models.arch import (forward, forward_jit, init_params, param_count, rope_tables,
                                    truncate_params)
 from pspec_jax.models.bundle import ModelBundle, load_model, tiny_model, to_device
 from pspec_jax.models.cache import KVCache, init_cache
@@ -42,6 +43,7 @@ from pspec_jax.models.tokenizer import check_same_tokenizer, load_tokenizer
 __all__ = [
     "DEFAULT_DRAFTER_LAYERS", "GPT2", "KVCache", "Llama", "ModelBundle", "ModelConfig", "Ops",
     "PLAIN", "PlainOps", "Transformer", "check_same_tokenizer", "fetch_default", "forward",
+    "forward_jit",
     "init_cache", "init_params", "is_fetched", "load_default_drafter", "load_default_pair",
     "load_default_private", "load_gguf", "load_hf_folder", "load_model", "load_tokenizer",
     "param_count", "params_from_hf_state_dict", "pspec_home", "rope_tables", "save_hf_folder",

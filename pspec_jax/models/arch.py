@@ -62,9 +62,8 @@ def attention_block(config: ModelConfig, p: Params, h: Any, layer_cache: Any,
     """Self-attention of one layer on the normed input h (B, T, d) -> (cache, (B, T, d))."""
     B, T = h.shape[0], h.shape[1]
     H, K, D = config.n_heads, config.n_kv_heads, config.head_dim
-    q = _lin(ops, h, p["q"]).reshape(B, T, H, D)
-    k = _lin(ops, h, p["k"]).reshape(B, T, K, D)
-    v = _lin(ops, h, p["v"]).reshape(B, T, K, D)
+    q, k, v = ops.linear_many(h, [(p[n]["w"], p[n].get("b")) for n in ("q", "k", "v")])
+    q, k, v = q.reshape(B, T, H, D), k.reshape(B, T, K, D), v.reshape(B, T, K, D)
     if rope is not None:
         q = ops.rope(q, *rope)
         k = ops.rope(k, *rope)
@@ -76,8 +75,8 @@ def mlp_block(config: ModelConfig, p: Params, h: Any, ops: Any) -> Any:
     """The MLP on the normed input h (B, T, d)."""
     if config.family == "gpt2":
         return _lin(ops, ops.gelu(_lin(ops, h, p["fc"])), p["proj"])
-    gate = ops.silu(_lin(ops, h, p["gate"]))
-    return _lin(ops, ops.mul(gate, _lin(ops, h, p["up"])), p["down"])
+    gate, up = ops.linear_many(h, [(p[n]["w"], p[n].get("b")) for n in ("gate", "up")])
+    return _lin(ops, ops.mul(ops.silu(gate), up), p["down"])
 
 
 def block(config: ModelConfig, p: Params, x: Any, layer_cache: Any, start: jax.Array,
@@ -140,6 +139,10 @@ def forward(config: ModelConfig, params: Params, token_ids: jax.Array,
         x = x[:, logits_index][:, None]  # (B, 1, d)
     logits = ops.linear(x, head_weight(config, params))
     return logits, KVCache(layers=tuple(new_layers), length=start + jnp.int32(T))
+
+
+# `forward` compiled once per (config, ops, shapes); params and cache are traced arguments.
+forward_jit = jax.jit(forward, static_argnames=("config", "ops"))
 
 
 # ----------------------------------------------------------------- params

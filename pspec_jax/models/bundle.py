@@ -41,8 +41,9 @@ class ModelBundle:
 
         return Transformer(self.config, self.params)
 
-    def forward(self, token_ids, cache=None, **kw):
-        return arch.forward(self.config, self.params, jnp.asarray(token_ids, jnp.int32), cache, **kw)
+    def forward(self, token_ids, cache=None):
+        """Jitted plain forward: (B, T) ids -> (logits (B, T, V), cache)."""
+        return arch.forward_jit(self.config, self.params, jnp.asarray(token_ids, jnp.int32), cache)
 
     def save(self, path: str | Path) -> Path:
         from pspec_jax.models.loaders import save_hf_folder

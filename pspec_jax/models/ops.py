@@ -42,6 +42,11 @@ class Ops(Protocol):
     def linear(self, x: Any, w: Any, b: Any = None) -> Any:
         """x (..., in) @ w (in, out) [+ b (out,)] -> (..., out)."""
 
+    def linear_many(self, x: Any, layers: list[tuple[Any, Any]]) -> list[Any]:
+        """[linear(x, w, b) for (w, b) in layers]: several layers on the same input
+        (q/k/v, gate/up). A secure backend masks x once and truncates all outputs in one
+        exchange."""
+
     def layernorm(self, x: Any, scale: Any, bias: Any, eps: float) -> Any:
         """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (biased var)."""
 
@@ -95,6 +100,9 @@ class PlainOps:
     def linear(self, x, w, b=None):
         y = jnp.einsum("...i,io->...o", x, w, preferred_element_type=F32)
         return y if b is None else y + b
+
+    def linear_many(self, x, layers):
+        return [self.linear(x, w, b) for w, b in layers]
 
     def layernorm(self, x, scale, bias, eps):
         mu = jnp.mean(x, axis=-1, keepdims=True)

@@ -1,0 +1,63 @@
+"""The default private model, SmolLM2-135M-Instruct (fetched on first use)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pspec_jax.decode import Sampling, generate_plain
+
+pytestmark = pytest.mark.model
+
+REFERENCE = ", the city of Nova Haven was a thriving metropolis"
+
+
+def test_default_model_config_and_tokenizer(smollm2):
+    private, drafter = smollm2
+    c = private.config
+    assert (c.family, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff,
+            c.vocab_size, c.rope_theta, c.tie_embeddings) == (
+        "llama", 30, 576, 9, 3, 64, 1536, 49152, 100000.0, True)
+    assert drafter.config.n_layers < c.n_layers and drafter.tokenizer is private.tokenizer
+    tok = private.tokenizer
+    # No BOS: the GGUF says add_bos_token=false (as the HF tokenizer does); these ids are
+    # what reproduces the reference continuation.
+    assert tok("Once upon a time")["input_ids"] == [6403, 1980, 253, 655]
+    assert tok("12 apples")["input_ids"][:2] == [33, 34]  # digits split one by one (smollm)
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                   tokenize=False)
+    assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok(chat, add_special_tokens=False)["input_ids"]
+    assert ids.count(1) == 3 and ids.count(2) == 2  # <|im_start|>, <|im_end|> are single tokens
+
+
+def test_greedy_continuation_matches_reference(smollm2):
+    private, _ = smollm2
+    tok = private.tokenizer
+    r = generate_plain(private, tok("Once upon a time")["input_ids"], 10, Sampling(0.0))
+    assert tok.decode(r.tokens) == REFERENCE
+
+
+def test_converted_folder_matches_transformers_pytorch(smollm2):
+    """The converted folder is a valid HF checkpoint; PyTorch's LlamaForCausalLM on it gives
+    our logits and the same greedy continuation."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaForCausalLM
+
+    from pspec_jax.models import forward
+    from pspec_jax.models.default import default_model_dir
+
+    private, _ = smollm2
+    ids = private.tokenizer("Once upon a time, the city of Nova Haven was")["input_ids"]
+    ref = LlamaForCausalLM.from_pretrained(str(default_model_dir()), dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits.numpy()
+        gen = ref.generate(torch.tensor([ids[:4]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                           max_new_tokens=10, do_sample=False)
+    assert private.tokenizer.decode(gen[0, 4:]) == REFERENCE
+    got, _ = forward(private.config, private.params, jnp.asarray([ids], jnp.int32))
+    err = float(np.max(np.abs(np.asarray(got) - want)))
+    assert err < 2e-3, err
+    assert (np.argmax(np.asarray(got), -1) == np.argmax(want, -1)).all()
