@@ -217,3 +217,22 @@ def test_config_validation():
     with pytest.raises(ValueError):
         SymmetricPiecewise(clip_log2=2, breaks=(1.0,), segments=((0.0,),))
     assert mpc.MPCConfig().nonlinear == NonlinearConfig()
+
+
+@pytest.mark.slow
+def test_secure_jit_matches_eager_and_counts_once(ctx):
+    """Under secure_jit: same accuracy, the per-call ledger equals the eager one, no recompile."""
+    x = _softmax_inputs(ctx, np.random.default_rng(12))
+    mask = np.arange(24)[None, :] <= (14 + np.arange(10))[:, None]
+    fn = mpc.secure_jit(lambda c, a: NL.softmax(c, a, mask=mask))
+    xs = ctx.share(x)
+    mark = ctx.ledger.snapshot()
+    NL.softmax(ctx, xs, mask=mask)
+    eager = ctx.ledger.since(mark).totals()
+    fn(ctx, xs)
+    mark = ctx.ledger.snapshot()
+    got = np.asarray(ctx.reveal(fn(ctx, xs)))
+    once = ctx.ledger.since(mark).totals()
+    assert (once.bytes0 - 8 * x.size, once.rounds - 1) == (eager.bytes0, eager.rounds)  # minus the reveal
+    assert len(ctx._programs) >= 1 and sum(1 for k in ctx._programs if k[0] is fn.__wrapped__) == 1
+    assert np.abs(got - _softmax_ref(x, np.broadcast_to(mask, x.shape))).max() <= 1e-3
