@@ -134,17 +134,18 @@ class Dealer:
         _, b = self._draw(0, _n(shape))
         return b.reshape(shape)
 
-    def weight_triple(self, mask: jax.Array, shape_a, product=ring_matmul) -> tuple[jax.Array, Shared]:
-        """For x ∘ W with W's fixed mask B (∘ = `product`, a matmul or an elementwise
-        product): the client's mask A and shares of C = A ∘ B.
+    def weight_triple(self, masks: list[jax.Array], shape_a, product=ring_matmul) -> tuple[jax.Array, list[Shared]]:
+        """For x ∘ W_j with the weights' fixed masks B_j (∘ = `product`, a matmul or an
+        elementwise product): ONE client mask A for x and shares of every C_j = A ∘ B_j
+        (the same masked input serves all weights that read x).
 
-        A is party 0's alone (from its stream); party 1 receives the correction of C.
-        Correction: 8·|C| bytes.
+        A is party 0's alone (from its stream); party 1 receives the corrections of the
+        C_j. Correction: 8·Σ|C_j| bytes.
         """
         a, _ = self._draw(_n(shape_a), 0)
         a = a.reshape(shape_a)
-        (c,) = self._share("weight_triple", [product(a, mask)])
-        return a, c
+        cs = self._share("weight_triple", [product(a, m) for m in masks])
+        return a, cs
 
     def operand_triple(self, mask: jax.Array, shape_a, product=ring_matmul) -> tuple[Shared, Shared]:
         """For x ∘ Y with Y under a fixed shared mask B (value `mask`, which the dealer

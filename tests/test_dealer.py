@@ -27,9 +27,10 @@ def test_triples(ctx):
 
 
 def test_weight_triple(ctx):
-    mask = ctx.dealer.weight_mask((6, 4))
-    a, c = ctx.dealer.weight_triple(mask, (3, 6))
-    np.testing.assert_array_equal(np.asarray(ring_matmul(np.asarray(a), np.asarray(mask))), _open(c))
+    masks = [ctx.dealer.weight_mask((6, 4)), ctx.dealer.weight_mask((6, 2))]
+    a, cs = ctx.dealer.weight_triple(masks, (3, 6))
+    for mask, c in zip(masks, cs):
+        np.testing.assert_array_equal(np.asarray(ring_matmul(np.asarray(a), np.asarray(mask))), _open(c))
 
 
 @pytest.mark.parametrize("bits", [1, 16, 40])

@@ -39,6 +39,10 @@ def test_matmul_weight_formula(ctx, m, k, n):
     x = ctx.share(np.zeros((m, k)))
     assert _cost(ctx, lambda: L.matmul_weight(ctx, x, sw)) == (8 * m * k, 0, 1, 8 * m * n)
     assert _cost(ctx, lambda: L.linear(ctx, x, sw)) == (8 * m * k + 8 * m * n, 8 * m * n, 2, 8 * m * n + 16 * m * n)
+    # several weights on one input: x is masked and sent once, one truncation exchange
+    sw2 = L.setup_weight(ctx, np.zeros((k, 3)))
+    assert _cost(ctx, lambda: L.linear_many(ctx, x, [(sw, None), (sw2, None)])) == (
+        8 * m * k + 8 * m * (n + 3), 8 * m * (n + 3), 2, 8 * m * (n + 3) + 16 * m * (n + 3))
 
 
 @pytest.mark.parametrize("bits", [64, 40, 16])

@@ -18,7 +18,7 @@ import numpy as np
 from mpc.context import Context
 from mpc.fixed import FixedPoint
 from mpc.ring import DTYPE, msb, ring_matmul, ring_matmul_small, small_operand
-from mpc.shares import CLIENT, SERVER, Shared
+from mpc.shares import CLIENT, SERVER, Shared, concatenate
 
 
 # --- elementwise products -------------------------------------------------------------
@@ -133,19 +133,22 @@ def setup_weight(ctx: Context, w, frac: int | None = None, op: str = "weight") -
     return ServerWeight(w_ring, w_ring - mask, mask, small_operand(w_ring) if w_ring.ndim == 2 else None, frac)
 
 
-def _weight_product(ctx: Context, x: Shared, sw: ServerWeight, product, op: str) -> Shared:
-    # 1. Dealer: the client's mask A (same shape as x) and shares of C = A ∘ B.
-    a, c = ctx.dealer.weight_triple(sw.mask, x.shape, product)
-    # 2. The client sends E = x_0 − A to the server (one one-way round).
+def _weight_products(ctx: Context, x: Shared, sws: list[ServerWeight], product, op: str) -> list[Shared]:
+    # 1. Dealer: the client's mask A (same shape as x) and shares of C_j = A ∘ B_j.
+    a, cs = ctx.dealer.weight_triple([sw.mask for sw in sws], x.shape, product)
+    # 2. The client sends E = x_0 − A to the server once (one one-way round).
     e = ctx.channel.send(op, CLIENT, x.v[CLIENT] - a)
-    # 3. Client: A ∘ F + c_0 (A, F, c_0 are known before the call: precomputable).
-    #    Server: (x_1 + E) ∘ W + c_1.     Sum: A∘(F + B − W) + x∘W = x∘W.
-    z0 = product(a, sw.f) + c.v[CLIENT]
-    if product is ring_matmul and sw.w_small is not None:
-        z1 = ring_matmul_small(x.v[SERVER] + e, sw.w_small) + c.v[SERVER]
-    else:
-        z1 = product(x.v[SERVER] + e, sw.w) + c.v[SERVER]
-    return Shared.from_parties(z0, z1, x.frac + sw.frac)
+    outs = []
+    for sw, c in zip(sws, cs):
+        # 3. Client: A ∘ F + c_0 (A, F, c_0 are known before the call: precomputable).
+        #    Server: (x_1 + E) ∘ W + c_1.     Sum: A∘(F + B − W) + x∘W = x∘W.
+        z0 = product(a, sw.f) + c.v[CLIENT]
+        if product is ring_matmul and sw.w_small is not None:
+            z1 = ring_matmul_small(x.v[SERVER] + e, sw.w_small) + c.v[SERVER]
+        else:
+            z1 = product(x.v[SERVER] + e, sw.w) + c.v[SERVER]
+        outs.append(Shared.from_parties(z0, z1, x.frac + sw.frac))
+    return outs
 
 
 def matmul_weight(ctx: Context, x: Shared, sw: ServerWeight, op: str = "matmul_weight") -> Shared:
@@ -156,24 +159,48 @@ def matmul_weight(ctx: Context, x: Shared, sw: ServerWeight, op: str = "matmul_w
     Cost: 8·m·k bytes from the client, 0 from the server, 1 round; dealer sends the
     server 8·m·n bytes of correction. Exact in the ring.
     """
-    if x.shape[-1] != sw.shape[0]:
-        raise ValueError(f"matmul_weight: {x.shape} @ {sw.shape}")
-    return _weight_product(ctx, x, sw, ring_matmul, op)
+    return matmul_weights(ctx, x, [sw], op)[0]
+
+
+def matmul_weights(ctx: Context, x: Shared, sws: list[ServerWeight], op: str = "matmul_weight") -> list[Shared]:
+    """[x @ W_j] for several server weights reading the same x (q/k/v, gate/up): x is
+    masked and sent once. Cost: 8·m·k bytes from the client, 1 round; dealer 8·m·Σn_j."""
+    for sw in sws:
+        if x.shape[-1] != sw.shape[0]:
+            raise ValueError(f"matmul_weight: {x.shape} @ {sw.shape}")
+    return _weight_products(ctx, x, sws, ring_matmul, op)
 
 
 def mul_weight(ctx: Context, x: Shared, sw: ServerWeight, op: str = "mul_weight") -> Shared:
     """x ∘ w elementwise for a server-held tensor w broadcast against x (e.g. a norm's
     scale), untruncated. Same protocol as `matmul_weight`.
     Cost: 8·|x| bytes from the client, 1 round."""
-    return _weight_product(ctx, x, sw, jnp.multiply, op)
+    return _weight_products(ctx, x, [sw], jnp.multiply, op)[0]
 
 
 def linear(ctx: Context, x: Shared, sw: ServerWeight, bias: jax.Array | None = None,
            op: str = "linear") -> Shared:
     """x @ W + b, truncated to x's scale. `bias`: the server's ring-encoded bias at x's
     scale (added by the server locally). Cost: matmul_weight + truncate(m·n), 2 rounds."""
-    y = truncate(ctx, matmul_weight(ctx, x, sw, op=op), sw.frac, op=op + "/trunc")
-    return y if bias is None else y.add_public(bias, party=SERVER)
+    return linear_many(ctx, x, [(sw, bias)], op=op)[0]
+
+
+def linear_many(ctx: Context, x: Shared, layers: list[tuple[ServerWeight, jax.Array | None]],
+                op: str = "linear") -> list[Shared]:
+    """Several linear layers on one input: x masked and sent once, all outputs truncated
+    in one exchange. Cost: 8·m·k (client) + 8·m·Σn_j (both) bytes, 2 rounds."""
+    raws = matmul_weights(ctx, x, [sw for sw, _ in layers], op=op)
+    widths = [r.shape[-1] for r in raws]
+    fracs = {sw.frac for sw, _ in layers}
+    if len(fracs) != 1:
+        raise ValueError(f"linear_many: weights at different scales {sorted(fracs)}")
+    y = truncate(ctx, raws[0] if len(raws) == 1 else concatenate(raws, axis=-1), fracs.pop(), op=op + "/trunc")
+    outs, at = [], 0
+    for (_, bias), w in zip(layers, widths):
+        part = y[..., at:at + w]
+        outs.append(part if bias is None else part.add_public(bias, party=SERVER))
+        at += w
+    return outs
 
 
 # --- shared operands masked once (the KV cache) -----------------------------------------

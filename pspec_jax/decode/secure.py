@@ -37,9 +37,9 @@ def secure_next_token(session, logits, sampling: Sampling, op: str = "next_token
     row = logits.reshape(1, logits.shape[-1])
     with ctx.ledger.scope(op):
         if sampling.greedy:
-            idx = S.argmax_to_client(ctx, row)
+            idx = S.open_index(ctx, S.argmax(ctx, row))
         else:
-            idx = S.sample_logits_to_client(ctx, row, temperature=sampling.temperature)
+            idx = S.sample_logits(ctx, row, temperature=sampling.temperature)
     return int(np.asarray(idx).reshape(-1)[0])
 
 

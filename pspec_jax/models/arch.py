@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pspec_jax.models.cache import KVCache, init_cache
 from pspec_jax.models.config import ModelConfig
@@ -146,14 +147,30 @@ forward_jit = jax.jit(forward, static_argnames=("config", "ops"))
 
 
 # ----------------------------------------------------------------- params
+def _normal_chunks(key: jax.Array, shapes: list[tuple[int, ...]], std: float) -> list[Any]:
+    """Independent normal(0, std) float32 arrays of the given shapes from ONE draw (one
+    small compile per total size instead of one per shape; eager callers get numpy
+    slices, traced callers jnp slices)."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = jax.random.normal(key, (max(sum(sizes), 1),), F32) * F32(std)
+    if not isinstance(flat, jax.core.Tracer):
+        flat = np.asarray(flat)
+    out, o = [], 0
+    for shape, n in zip(shapes, sizes):
+        out.append(jnp.asarray(flat[o:o + n].reshape(shape), F32))
+        o += n
+    return out
+
+
 def init_params(config: ModelConfig, key: jax.Array, std: float = 0.02) -> Params:
     """Random params (normal(0, std) weights, zero biases, unit norm scales)."""
     d, F, V = config.d_model, config.d_ff, config.vocab_size
     H, K, D = config.n_heads, config.n_kv_heads, config.head_dim
-    keys = iter(jax.random.split(key, 8 + 8 * config.n_layers))
+    shapes: list[tuple[int, ...]] = []
 
-    def w(shape):
-        return (jax.random.normal(next(keys), shape, F32) * F32(std)).astype(F32)
+    def w(shape):  # placeholder index; filled from one draw below
+        shapes.append(tuple(shape))
+        return len(shapes) - 1
 
     def lin(i, o, bias):
         p = {"w": w((i, o))}
@@ -182,21 +199,21 @@ def init_params(config: ModelConfig, key: jax.Array, std: float = 0.02) -> Param
         params["pos_embed"] = w((config.max_seq_len, d))
     if not config.tie_embeddings:
         params["lm_head"] = {"w": w((d, V))}
-    return params
+    draws = _normal_chunks(key, shapes, std)
+    return jax.tree_util.tree_map(lambda x: draws[x] if isinstance(x, int) else x, params)
 
 
 def randomize_norms(params: Params, key: jax.Array, spread: float = 0.2) -> Params:
     """Params with norm scales/biases and linear biases perturbed (tests: no trivial 1s/0s)."""
     leaves, tree = jax.tree_util.tree_flatten_with_path(params)
-    keys = jax.random.split(key, len(leaves))
-    out = []
-    for (path, leaf), k in zip(leaves, keys):
-        name = str(path[-1])
-        if "scale" in name:
-            leaf = leaf + F32(spread) * jax.random.normal(k, leaf.shape, F32)
-        elif "bias" in name or "'b'" in name:
-            leaf = leaf + F32(spread) * jax.random.normal(k, leaf.shape, F32)
-        out.append(leaf.astype(F32))
+
+    def picked(path):
+        name = jax.tree_util.keystr(path[-1:])
+        return name in ("['scale']", "['bias']", "['b']")
+
+    shapes = [leaf.shape for path, leaf in leaves if picked(path)]
+    noise = iter(_normal_chunks(key, shapes, spread))
+    out = [(leaf + next(noise)).astype(F32) if picked(path) else leaf for path, leaf in leaves]
     return jax.tree_util.tree_unflatten(tree, out)
 
 

@@ -20,6 +20,9 @@ import numpy as np
 
 import mpc
 from mpc.protocols import linear as L
+from mpc.protocols import nonlinear as NL
+from mpc.protocols import norm
+from mpc.protocols.softmax import softmax
 from mpc.shares import SERVER, Shared, concatenate
 
 F64 = jnp.float64
@@ -49,9 +52,6 @@ class SecureOps:
 
     def __init__(self, ctx: mpc.Context) -> None:
         self.ctx = ctx
-        from mpc.protocols import nonlinear as NL  # the nonlinear library
-
-        self.nl = NL
 
     @property
     def frac(self) -> int:
@@ -68,8 +68,10 @@ class SecureOps:
             return L.matmul_weight(ctx, x, table, op="embed")
 
     def linear(self, x: Shared, w: L.ServerWeight, b=None) -> Shared:
-        with self.ctx.ledger.scope("linear"):
-            return L.linear(self.ctx, x, w, bias=b)
+        return L.linear(self.ctx, x, w, bias=b)
+
+    def linear_many(self, x: Shared, layers) -> list[Shared]:
+        return L.linear_many(self.ctx, x, layers)
 
     def scale(self, x: Shared, c: float) -> Shared:
         return L.mul_const(self.ctx, x, c)
@@ -88,20 +90,16 @@ class SecureOps:
 
     # --- nonlinear -------------------------------------------------------------------
     def layernorm(self, x, scale, bias, eps):
-        with self.ctx.ledger.scope("layernorm"):
-            return self.nl.layernorm(self.ctx, x, scale, bias, eps)
+        return norm.layernorm(self.ctx, x, scale, bias, eps)
 
     def rmsnorm(self, x, scale, eps):
-        with self.ctx.ledger.scope("rmsnorm"):
-            return self.nl.rmsnorm(self.ctx, x, scale, eps)
+        return norm.rmsnorm(self.ctx, x, scale, eps)
 
     def gelu(self, x):
-        with self.ctx.ledger.scope("gelu"):
-            return self.nl.gelu(self.ctx, x)
+        return NL.gelu(self.ctx, x)
 
     def silu(self, x):
-        with self.ctx.ledger.scope("silu"):
-            return self.nl.silu(self.ctx, x)
+        return NL.silu(self.ctx, x)
 
     # --- attention with a shared KV cache ----------------------------------------------
     def new_layer_cache(self, batch, max_len, n_kv_heads, head_dim):
@@ -144,7 +142,7 @@ class SecureOps:
             rows = jnp.arange(S, dtype=jnp.int32)
             qpos = start + jnp.tile(jnp.arange(T, dtype=jnp.int32), G)  # (G·T,)
             mask = rows[None, :] <= qpos[:, None]  # (G·T, S), public
-            probs = self.nl.softmax(ctx, scores, mask=mask)
+            probs = softmax(ctx, scores, mask=mask)
             out = L.truncate(ctx, L.matmul_masked(ctx, probs, v.transpose(0, 2, 1, 3), op="pv"), self.frac,
                              op="pv/trunc")  # (B, K, G·T, D)
         out = out.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
