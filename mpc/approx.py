@@ -22,28 +22,29 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class CoarseCompare:
-    """How a batch of comparisons looks at its inputs.
+    """How a batch of comparisons looks at its inputs, in real units (independent of the
+    fixed-point scale).
 
-    Both parties drop the low `drop` bits of their shares and compare the next `bits` bits
-    (`mpc.protocols.nonlinear.coarse_lt`): exact on the dropped view, so the comparison of
-    x with a threshold t is right whenever x < t or x ≥ t + 2^drop ring units, and it is
-    transitive between elements (each element's view is fixed). Inputs must keep
-    |x − t| < 2^(bits + drop − 2) ring units. msb rounds: 1 + ⌈log2(bits − 1)⌉.
+    `resolution_log2` r: both parties drop the low bits of their shares below 2^r
+    (`mpc.protocols.nonlinear.coarse_lt`); the comparison of x with a threshold t is then
+    exact unless t ≤ x < t + 2^r, and it is transitive between elements (each element's
+    coarse view is one fixed value). None: exact to the last bit.
+    `range_log2` R: inputs keep |x − t| < 2^R − 2^r. None: the whole ring (64 bits).
+    At scale 2^frac this examines bits = R + frac − drop + 1 bits (at least 8) above
+    drop = frac + r dropped ones; msb rounds 1 + ⌈log2(bits − 1)⌉.
     """
 
-    bits: int
-    drop: int = 0
+    range_log2: int | None = None
+    resolution_log2: int | None = None
 
-    def __post_init__(self):
-        if not 8 <= self.bits <= 64 or self.drop < 0 or self.bits + self.drop > 64:
-            raise ValueError(f"CoarseCompare: need 8 <= bits <= 64 and bits + drop <= 64, got {self.bits}, {self.drop}")
-
-    def range_real(self, frac: int) -> float:
-        """Largest |x − t| (real units at scale 2^frac) the comparison handles."""
-        return 2.0 ** (self.bits + self.drop - 2 - frac)
-
-    def tolerance_real(self, frac: int) -> float:
-        return 2.0 ** (self.drop - frac)
+    def params(self, frac: int) -> tuple[int, int]:
+        """(bits, drop) for inputs at scale 2^frac."""
+        drop = 0 if self.resolution_log2 is None else max(0, frac + self.resolution_log2)
+        bits = 64 - drop if self.range_log2 is None else max(8, self.range_log2 + frac - drop + 1)
+        if bits + drop > 64:
+            raise ValueError(f"CoarseCompare: range 2^{self.range_log2} at scale 2^{frac} needs {bits} bits "
+                             f"above {drop} dropped ones (> 64)")
+        return bits, drop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +121,8 @@ class NonlinearConfig:
     """All approximation parameters of the nonlinear protocols (documented defaults).
 
     Activations (`gelu`, `silu`, `sigmoid`): `SymmetricPiecewise` specs; their comparisons
-    use `act_compare` (16 bits above 10 dropped ones: |x| < 512 handled, breakpoints fuzzy
-    by 2^−6, where neighbouring pieces agree to ~1e-4).
+    use `act_compare` (|x| < 2^9 − 16 handled, breakpoints fuzzy by 2^−6, where neighbouring
+    pieces agree to ~1e-4; 16 bits examined at f = 16: 5 rounds).
 
     exp (softmax): e^z for z ≤ 2^−5 computed as p(z/2^exp_scale_log2)^(2^exp_squarings),
     p = `exp_coeffs` in t = z/2^exp_scale_log2 + 1/2 approximating e^(z/2^exp_squarings);
@@ -149,13 +150,13 @@ class NonlinearConfig:
     gelu: SymmetricPiecewise = GELU
     silu: SymmetricPiecewise = SILU
     sigmoid: SymmetricPiecewise = SIGMOID
-    act_compare: CoarseCompare = CoarseCompare(bits=16, drop=10)
+    act_compare: CoarseCompare = CoarseCompare(range_log2=9, resolution_log2=-6)
 
     exp_coeffs: tuple[float, ...] = EXP
     exp_scale_log2: int = 4
     exp_squarings: int = 2
     exp_clip: float = 16.0
-    exp_compare: CoarseCompare = CoarseCompare(bits=9, drop=17)
+    exp_compare: CoarseCompare = CoarseCompare(range_log2=9, resolution_log2=1)
     exp_frac: int = 20
 
     recip_coeffs: tuple[float, ...] = RECIP
@@ -164,15 +165,15 @@ class NonlinearConfig:
     poly_frac: int = 20
 
     max_group: int = 128
-    softmax_max_compare: CoarseCompare = CoarseCompare(bits=16, drop=10)
-    argmax_compare: CoarseCompare = CoarseCompare(bits=24, drop=0)
+    softmax_max_compare: CoarseCompare = CoarseCompare(range_log2=9, resolution_log2=-6)
+    argmax_compare: CoarseCompare = CoarseCompare(range_log2=7)
     argmax_group: int = 16
 
     norm_var_lo: float = 1e-4
     norm_var_hi: float = 1e4
 
     sample_u_bits: int = 24
-    sample_compare: CoarseCompare = CoarseCompare(bits=64, drop=0)
+    sample_compare: CoarseCompare = CoarseCompare()
 
     def __post_init__(self):
         if self.exp_clip > 2.0 ** self.exp_scale_log2:

@@ -197,7 +197,8 @@ def test_max_exact(ctx):
 
 def test_coarse_lt_is_exact_outside_its_fuzz(ctx):
     rng = np.random.default_rng(11)
-    cmp = CoarseCompare(bits=12, drop=8)  # fuzz 2^-8, range ±2^(19-16)
+    cmp = CoarseCompare(range_log2=3, resolution_log2=-8)  # 12 bits above 8 dropped ones at f = 16
+    assert cmp.params(16) == (12, 8)
     x = _q(ctx, np.concatenate([rng.uniform(-7, 7, 4000), [-1.0, 1.0, 0.0]]))
     b = NL.coarse_lt(ctx, ctx.share(x), 1.0, cmp)
     got = np.asarray(ctx.channel.open("t", b)) & np.uint64(1)
@@ -207,7 +208,11 @@ def test_coarse_lt_is_exact_outside_its_fuzz(ctx):
 
 def test_config_validation():
     with pytest.raises(ValueError):
-        CoarseCompare(bits=60, drop=10)
+        CoarseCompare(range_log2=50, resolution_log2=-16).params(16)
+    assert NonlinearConfig().softmax_max_compare.params(16) == (16, 10)
+    assert NonlinearConfig().softmax_max_compare.params(20) == (16, 14)  # same range and resolution
+    assert NonlinearConfig().argmax_compare.params(16) == (24, 0)
+    assert NonlinearConfig().sample_compare.params(36) == (64, 0)
     with pytest.raises(ValueError):
         NonlinearConfig(exp_clip=40.0)
     with pytest.raises(ValueError):

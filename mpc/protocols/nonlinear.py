@@ -87,22 +87,25 @@ def coarse_view(x: Shared, drop: int) -> Shared:
     return Shared(x.v >> np.uint64(drop), 0)
 
 
-def coarse_lt(ctx: Context, x: Shared, thresholds, cmp: CoarseCompare, op: str = "lt") -> XorShared:
+def coarse_lt(ctx: Context, x: Shared, thresholds, cmp: CoarseCompare | tuple[int, int],
+              op: str = "lt") -> XorShared:
     """[x < t] as XOR bits for public thresholds t (reals at x's scale, broadcast against
     x — e.g. shape (k, 1, ..., 1) for k thresholds per element).
 
-    1. Both parties drop the low `cmp.drop` bits of their shares (local).
+    `cmp`: a `CoarseCompare` or explicit (bits, drop) in ring bits.
+    1. Both parties drop the low `drop` bits of their shares (local).
     2. Subtract ⌊t·2^frac / 2^drop⌋ (party 0, local).
-    3. msb over `cmp.bits` bits.
-    Exact for x < t and for x ≥ t + 2^drop ring units; |x − t| < 2^(bits + drop − 2).
-    Cost: one msb at `cmp.bits` bits over the broadcast shape.
+    3. msb over `bits` bits.
+    Exact for x < t and for x ≥ t + 2^drop ring units; |x − t| < 2^(bits + drop − 1) − 2^drop.
+    Cost: one msb at `bits` bits over the broadcast shape.
     """
+    bits, drop = cmp.params(x.frac) if isinstance(cmp, CoarseCompare) else cmp
     t = np.asarray(thresholds, np.float64)
-    neg_t = (-np.floor(t * 2.0**x.frac / 2.0**cmp.drop)).astype(np.int64).astype(np.uint64)
-    view = coarse_view(x, cmp.drop)
+    neg_t = (-np.floor(t * 2.0**x.frac / 2.0**drop)).astype(np.int64).astype(np.uint64)
+    view = coarse_view(x, drop)
     shape = np.broadcast_shapes(view.shape, neg_t.shape)
     d = bcast(view, shape).add_public(neg_t)  # x̃ − t̃
-    return msb_bits(ctx, d, cmp.bits, op=op)
+    return msb_bits(ctx, d, bits, op=op)
 
 
 def select_many(ctx: Context, bits: XorShared, values: Shared, op: str = "select") -> Shared:
@@ -238,7 +241,7 @@ def _normalise(ctx: Context, x: Shared, lo: float, hi: float, op: str):
         if bits + drop > 64:
             raise ValueError(f"normalise: range [{lo:g}, {hi:g}] at scale 2^{q} exceeds the ring")
         thr = (2.0 ** es[1:]).reshape((-1,) + (1,) * x.ndim)
-        b = coarse_lt(ctx, x, thr, CoarseCompare(bits=bits, drop=drop), op=f"{op}/exponent")  # (E−1, ...)
+        b = coarse_lt(ctx, x, thr, (bits, drop), op=f"{op}/exponent")  # (E−1, ...)
         zero = jnp.zeros((1, *b.shape[1:]), DTYPE)
         lower = XorShared(jnp.concatenate([jnp.broadcast_to(zero, (2, *zero.shape)), b.v], axis=1))
         upper = XorShared(jnp.concatenate([b.v, jnp.broadcast_to(zero, (2, *zero.shape))], axis=1)).xor_public(
@@ -317,15 +320,16 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
        index): one comparison at ⌈log2 g⌉ + 2 bits.
     4. Select x (and the carried values) at the winner: one round.
     Returns (max, [carried...]) with the last axis removed.
-    Cost: msb(cmp.bits) + 1 + msb(8) + 1 rounds (11 at 16 bits); bytes per party:
+    Cost: msb(bits) + 1 + msb(8) + 1 rounds (11 at 16 bits); bytes per party:
     g(g−1)/2·(msb bytes + 1/8) + g·(12 + (8 + 1/8)·(1 + len(carry))).
     """
     g = x.shape[-1]
     if g == 1:
         return x[..., 0], [c[..., 0] for c in carry]
     ii, jj = np.triu_indices(g, 1)
-    view = coarse_view(x, cmp.drop)
-    beta = msb_bits(ctx, view[..., ii] - view[..., jj], cmp.bits, op=f"{op}/pairs")
+    bits, drop = cmp.params(x.frac)
+    view = coarse_view(x, drop)
+    beta = msb_bits(ctx, view[..., ii] - view[..., jj], bits, op=f"{op}/pairs")
     beta = C.b2a(ctx, beta, op=f"{op}/b2a")  # (..., P) 0/1
     inc = np.zeros((len(ii), g), np.int64)
     inc[np.arange(len(ii)), jj] += 1

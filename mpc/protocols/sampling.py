@@ -70,8 +70,8 @@ def sample_index(ctx: Context, w: Shared, op: str = "sample") -> Shared:
         return Shared.public(jnp.zeros((*batch,), DTYPE))
     scaled = prefix[..., :v - 1].mul_public(np.uint64(1) << np.uint64(nbits), frac=t.frac)
     # 4. c_k = [t < P_k]
-    cmp = nl.sample_compare
-    lt = msb_bits(ctx, coarse_view(t, cmp.drop) - coarse_view(scaled, cmp.drop), cmp.bits, op=f"{op}/compare")
+    bits, drop = nl.sample_compare.params(t.frac)
+    lt = msb_bits(ctx, coarse_view(t, drop) - coarse_view(scaled, drop), bits, op=f"{op}/compare")
     # 5. count
     count = C.b2a(ctx, lt, op=f"{op}/count").sum(axis=-1)
     return (-count).add_public(np.uint64(v - 1))
