@@ -56,7 +56,7 @@ def main() -> int:
                 return rc
             meta = json.loads(buf.getvalue().strip().splitlines()[-1])
             meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            meta["argv"] = "pspec " + " ".join(shlex.quote(x) for x in argv[:-1])
+            meta["argv"] = "pspec " + " ".join(shlex.quote(x) for x in argv if x != "--json")
             rows.append(meta)
             print(json.dumps(meta), file=sys.stderr, flush=True)
     head = ("| student | loss | data | tokens | α before | α after | tokens/step γ=4 | γ=8 | "
