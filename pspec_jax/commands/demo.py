@@ -22,17 +22,21 @@ def run(args: argparse.Namespace) -> int:
     from pspec_jax.decode import Sampling, generate_plain, generate_spec
     from pspec_jax.decode.common import enable_compilation_cache
     from pspec_jax.errors import UserError
-    from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_default_pair
+    from pspec_jax.commands.generate import default_drafter
+    from pspec_jax.models import load_default_private
 
     if args.gamma < 1:
         raise UserError(f"--gamma must be >= 1, got {args.gamma}")
     enable_compilation_cache()
-    private, drafter = load_default_pair()
+    private = load_default_private()
+    drafter = default_drafter(private)
     tok = private.tokenizer
     ids = list(tok(args.prompt)["input_ids"])
     sampling = Sampling(args.temperature)
-    print(f"private: SmolLM2-135M-Instruct ({private.config.n_layers} layers); drafter: its "
-          f"first {DEFAULT_DRAFTER_LAYERS} layers (untrained truncation); γ={args.gamma}, "
+    kind = ("distilled" if drafter.name == "distilled-drafter"
+            else "untrained truncation; `pspec distill` aligns one")
+    print(f"private: SmolLM2-135M-Instruct ({private.config.n_layers} layers); drafter: "
+          f"{drafter.name}, {drafter.config.n_layers} layers ({kind}); γ={args.gamma}, "
           f"temperature {args.temperature}")
     res = generate_spec(private, drafter, ids, args.max_new_tokens, args.gamma, sampling,
                         args.seed, tok.eos_token_id)

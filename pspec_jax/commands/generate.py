@@ -86,8 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", metavar="PATH", default=None,
                         help="private model: HF folder or .gguf (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--public", metavar="PATH", default=None,
-                        help="drafter: HF folder or .gguf (default: the private model truncated "
-                             "to --drafter-layers layers)")
+                        help="drafter: HF folder or .gguf (default: the distilled drafter if "
+                             "`pspec distill` made one, else the private model truncated)")
     parser.add_argument("--drafter-layers", type=int, default=None, dest="drafter_layers",
                         help="layers of the truncated drafter (when --public is not given)")
     parser.add_argument("--ignore-eos", action="store_true", dest="ignore_eos",
@@ -105,16 +105,34 @@ def load_private(args: argparse.Namespace):
     return load_model(args.private) if args.private else load_default_private()
 
 
-def load_drafter(args: argparse.Namespace, private):
+def default_drafter(private):
+    """The drafter used when none is named: for the default private model, the distilled
+    one at $PSPEC_HOME/drafters/default when `pspec distill` made it, else (and for any
+    other private model) the private model truncated to DEFAULT_DRAFTER_LAYERS layers."""
     from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_model
+
+    if private.name == "smollm2-135m-instruct":
+        try:
+            from distill.export import default_drafter_dir
+
+            d = default_drafter_dir()
+            if (d / "config.json").exists():
+                return load_model(d, name="distilled-drafter")
+        except ImportError:
+            pass
+    return private.truncated(min(DEFAULT_DRAFTER_LAYERS, private.config.n_layers))
+
+
+def load_drafter(args: argparse.Namespace, private):
+    from pspec_jax.models import load_model
 
     if args.public:
         if args.drafter_layers is not None:
             raise UserError("give either --public or --drafter-layers, not both")
         return load_model(args.public)
-    k = DEFAULT_DRAFTER_LAYERS if args.drafter_layers is None else args.drafter_layers
-    k = min(k, private.config.n_layers) if args.drafter_layers is None else k
-    return private.truncated(k)
+    if args.drafter_layers is None:
+        return default_drafter(private)
+    return private.truncated(args.drafter_layers)
 
 
 def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
