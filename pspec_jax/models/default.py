@@ -147,7 +147,10 @@ def fetch_default(force: bool = False, quiet: bool = False) -> Path:
 def _load_default_cached(home: str):
     from pspec_jax.models.bundle import load_model
 
-    return load_model(Path(home) / MODEL_DIR, name="smollm2-135m-instruct")
+    try:
+        return load_model(Path(home) / MODEL_DIR, name="smollm2-135m-instruct")
+    except UserError as err:
+        raise UserError(f"{err} (run `pspec fetch --force` to fetch it again)") from None
 
 
 def load_default_private(fetch: bool = True):
