@@ -53,6 +53,9 @@ def _norm(config: ModelConfig, p: Params, x: Any, ops: Any) -> Any:
     return ops.rmsnorm(x, p["scale"], config.norm_eps)
 
 
+apply_norm = _norm  # public name: LayerNorm (gpt2) or RMSNorm (llama) with params p
+
+
 def _lin(ops: Any, x: Any, p: Params) -> Any:
     return ops.linear(x, p["w"], p.get("b"))
 
