@@ -157,6 +157,7 @@ def train(student: Student, pool: data_mod.Pool, tc: TrainConfig, *,
           ckpt_dir: str | Path | None = None, resume: bool = True,
           stop_at: int | None = None,
           onpolicy: Callable[[Any, int], data_mod.Pool] | None = None,
+          deadline: float | None = None,
           progress: bool = True, log: Callable[[str], None] = lambda s: None) -> RunResult:
     """Trains `student` on `pool` for tc.steps steps (or up to `stop_at`, for tests).
 
@@ -168,6 +169,7 @@ def train(student: Student, pool: data_mod.Pool, tc: TrainConfig, *,
       ckpt_dir: Orbax checkpoints go here (every tc.checkpoint_every steps and at the end);
         with `resume`, training continues from the latest one.
       stop_at: stop after this step (the schedule still spans tc.steps).
+      deadline: a time.time() after which training stops early (checkpoint + result).
       progress: show a tqdm bar with the loss and tokens/s.
     """
     from tqdm.auto import tqdm
@@ -211,13 +213,18 @@ def train(student: Student, pool: data_mod.Pool, tc: TrainConfig, *,
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}")
         done = s + 1
+        if deadline is not None and time.time() > deadline and done < end:
+            log(f"time limit reached after step {done} of {end}")
+            end = done
         if ckpt is not None and (done == end or (tc.checkpoint_every and done % tc.checkpoint_every == 0)):
             ckpt.save(done, {"trained": trained, "opt": opt_state, "step": jnp.asarray(done, jnp.int32)},
                       pool if onpolicy is not None else None)
+        if done == end:
+            break
     bar.close()
     if ckpt is not None:
         ckpt.close()
-    return RunResult(merge(trained, base), losses, end - start, time.perf_counter() - t0, tokens)
+    return RunResult(merge(trained, base), losses, len(losses), time.perf_counter() - t0, tokens)
 
 
 def mean_loss(student: Student, params: Any, pool: data_mod.Pool, tc: TrainConfig,

@@ -151,3 +151,13 @@ def test_lora_preset_starts_at_the_base_and_trains_only_adapters(setup):
     w1 = np.asarray(students.effective(res.params)["layers"][0]["q"]["w"])
     assert not np.array_equal(w0, w1)
     assert np.linalg.matrix_rank(w1 - w0, tol=1e-6) <= 4
+
+
+def test_time_limit_stops_early_with_a_checkpoint(setup, tmp_path):
+    import time
+
+    _, pool, _, student = setup
+    tc = train.TrainConfig(loss="tv", steps=50, lr=1e-3, batch=4, warmup=2)
+    res = train.train(student, pool, tc, ckpt_dir=tmp_path, deadline=time.time() - 1, progress=False)
+    assert res.steps == 1 and len(res.losses) == 1
+    assert train.Checkpoints(tmp_path).latest() == 1

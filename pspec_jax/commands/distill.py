@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue from DIR/ckpt")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop training after this many minutes (0: no limit); the drafter is "
+                        "written at the step reached")
     p.add_argument("--no-eval", action="store_true", help="skip α before/after")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
@@ -138,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"pool: {len(pool)} sequences, {pool.trained_positions:,} trained positions ({data_s:.0f} s)")
 
     result = train.train(student, pool, tc, ckpt_dir=out / "ckpt", resume=args.resume,
-                         onpolicy=onpolicy, progress=not args.json, log=log)
+                         onpolicy=onpolicy, progress=not args.json, log=log,
+                         deadline=time.time() + 60 * args.time_limit if args.time_limit > 0 else None)
     after = None
     if es is not None:
         after = evaluate.acceptance(es, student.config, students.effective(result.params))
@@ -148,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         if len(sys.argv) > 1 and sys.argv[1] == "distill" else None,
         "teacher": args.teacher, "student": student.name, "loss": args.loss, "data": args.data,
         "tokens": steps * args.batch * args.seq_len, "steps": steps, "seed": args.seed,
+        "steps_run": result.steps, "tokens_run": result.steps * args.batch * args.seq_len,
         "lr": args.lr, "batch": args.batch, "seq_len": args.seq_len, "topk": args.topk,
         "temperature": args.temperature, "beta": args.beta,
         "train_seconds": round(result.seconds, 1), "data_seconds": round(data_s, 1),
