@@ -11,7 +11,9 @@
 5. S = Σe ∈ [1, 1.04·n]; r = 1/S (`reciprocal`, 12 rounds at n = 72).
 6. p = e·r truncated to the activation scale (2 rounds).
 Rounds (defaults, n ≤ 128): 11 + 15 + 12 + 2 = 40 (+1 with a temperature). Rows that are
-fully masked give zeros.
+fully masked give zeros. Range: unmasked entries of a row must keep |x_i − x_j|/T <
+2^9 − 16 (`softmax_max_compare.range_log2` and `exp_compare.range_log2`); beyond it the
+coarse comparisons wrap (attention scores and logits stay far below).
 Error: ≤ 1e-3 absolute (tests: random scores, all-equal rows, one dominant entry,
 masked rows, clip boundaries).
 """
