@@ -1,0 +1,40 @@
+"""Distillation pieces on the default SmolLM2 pair (fetched on first use)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+
+def test_lora_delta_materializes_the_same_drafter(smollm2, tmp_path):
+    from distill import export, students
+    from pspec_jax.models import load_model
+
+    private, _ = smollm2
+    st = students.build_student("trunc2-lora4", private.config, private.params, seed=0)
+    trained, base = st.split()
+    # a non-trivial delta: B != 0
+    trained = {k: (v + 0.01 if k.endswith("['b']") else v) for k, v in trained.items()}
+    params = students.merge(trained, base)
+    meta = {"teacher": "DEFAULT", "student": st.name, "seed": 0}
+    out = export.save_drafter(tmp_path / "d", st.config, students.effective(params),
+                              private.tokenizer, meta, trained=trained)
+    assert (out / export.DELTA).stat().st_size < export.DELTA_LIMIT
+    rebuilt = export.materialize(out, tmp_path / "r")
+    a, b = load_model(out), load_model(rebuilt)
+    ids = np.asarray([[1, 2, 3, 4]], np.int32)
+    np.testing.assert_array_equal(np.asarray(a.forward(ids)[0]), np.asarray(b.forward(ids)[0]))
+    assert json.loads((rebuilt / export.META).read_text())["student"] == "trunc2-lora4"
+
+
+def test_untrained_truncated_drafter_alpha_is_low(smollm2, capsys):
+    """The untrained 8-layer truncation accepts rarely (α ≈ 0.06 on this machine)."""
+    from pspec_jax import cli
+
+    assert cli.main(["eval-acceptance", "--public", "trunc8", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.02 < res["acceptance_rate"] < 0.15
