@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data != "onpolicy":
         log(f"pool: {len(pool)} sequences, {pool.trained_positions:,} trained positions ({data_s:.0f} s)")
 
+    if not args.resume and (out / "ckpt").exists():
+        shutil.rmtree(out / "ckpt")  # a new run: old checkpoints would clash with its steps
     result = train.train(student, pool, tc, ckpt_dir=out / "ckpt", resume=args.resume,
                          onpolicy=onpolicy, progress=not args.json, log=log,
                          deadline=time.time() + 60 * args.time_limit if args.time_limit > 0 else None)
