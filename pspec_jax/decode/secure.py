@@ -44,11 +44,17 @@ def secure_next_token(session, logits, sampling: Sampling, op: str = "next_token
 
 
 def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
-                    sampling: Sampling = Sampling(), seed: int | None = None,
-                    eos_id: int | None = None, on_tokens: OnTokens | None = None,
-                    mpc_config: mpc.MPCConfig = mpc.MPCConfig()) -> GenerationResult:
+                    sampling: Sampling = Sampling(), eos_id: int | None = None,
+                    on_tokens: OnTokens | None = None, mpc_config: mpc.MPCConfig | None = None,
+                    dealer_seed: bytes | None = None, session=None) -> GenerationResult:
     """Standard secure decoding of `private` (a ModelBundle). Returns a GenerationResult
-    whose `extra` holds the cost figures (prefill, decode, total) and the ledger."""
+    whose `extra` holds the cost figures (prefill, decode, total) and the ledger.
+
+    Every mask comes from os.urandom-keyed AES streams; `dealer_seed` fixes them for
+    reproducible tests and must not be used in a real run. Sampling randomness comes from
+    both parties inside MPC, so no client seed can reproduce a sampled run. `session`: an
+    existing SecureSession of this model to reuse (its cache is reset; saves compilation).
+    """
     from pspec_jax.secure import SecureSession
 
     check_secure_sampling(sampling)
@@ -57,9 +63,14 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
     if len(prompt_ids) + 1 > ctx_len:
         raise UserError(f"the prompt has {len(prompt_ids)} tokens; it does not fit the context of {ctx_len}")
     max_new = min(max_new_tokens, ctx_len - len(prompt_ids))
-    dealer_seed = None if seed is None else f"pspec-secure-{seed}".encode()
-    session = SecureSession(private.config, private.params, max_len=len(prompt_ids) + max_new,
-                            mpc_config=mpc_config, seed=dealer_seed)
+    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+
+    if session is None:
+        session = SecureSession(private.config, private.params, max_len=len(prompt_ids) + max_new,
+                                mpc_config=mpc_config or DEFAULT_MPC_CONFIG, seed=dealer_seed)
+    elif session.max_len < len(prompt_ids) + max_new:
+        raise UserError(f"the session's cache holds {session.max_len} tokens, the run needs {len(prompt_ids) + max_new}")
+    session.rollback(0)
     ledger = session.ledger
     setup_mark = ledger.snapshot()
     t0 = time.perf_counter()
@@ -112,7 +123,7 @@ def run_generate(req) -> GenerationResult:
     """`pspec generate --mode secure` (see pspec_jax.commands.generate)."""
     args = req.args
     mpc.network(args.network)  # validate early
-    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling, req.seed,
+    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
                           req.eos_id, req.on_tokens)
     ledger = res.extra.pop("_ledger")
     res.extra["network"] = args.network

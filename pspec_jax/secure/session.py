@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mpc
+from mpc.approx import NonlinearConfig
 from mpc.shares import Shared
 from pspec_jax.models import arch
 from pspec_jax.models.cache import KVCache, init_cache
@@ -29,11 +30,17 @@ from pspec_jax.models.config import ModelConfig
 from pspec_jax.secure.ops import SecureOps, prepare_params
 
 
+# Residual streams of real LLMs carry massive activations (SmolLM2-135M: |x| up to 2.2e4
+# on the first token, a row variance near 8e5), far above the generic norm range; the
+# bound keeps Σx² at scale 2^(2f) inside the ring (< 2^62).
+DEFAULT_MPC_CONFIG = mpc.MPCConfig(nonlinear=NonlinearConfig(norm_var_hi=1.5e6))
+
+
 class SecureSession:
     """The private model, its weights prepared for 2PC, and the shared KV cache."""
 
     def __init__(self, config: ModelConfig, params: Any, max_len: int | None = None,
-                 mpc_config: mpc.MPCConfig = mpc.MPCConfig(), seed: bytes | None = None) -> None:
+                 mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG, seed: bytes | None = None) -> None:
         self.config = config
         self.ctx = mpc.Context(mpc_config, seed=seed)
         self.ops = SecureOps(self.ctx)

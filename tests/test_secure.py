@@ -1,0 +1,72 @@
+"""The secure forward and standard secure decoding against the plain models.
+
+Compilation dominates these tests on a 2-core machine, so one session per family is
+shared and every pass uses T = 3 (prompt) or T = 1 (a decoding step).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pspec_jax.decode import Sampling, generate_plain
+from pspec_jax.decode.secure import generate_secure
+from pspec_jax.models import arch, tiny_model
+from pspec_jax.secure import SecureSession
+
+IDS = jnp.array([[3, 7, 1, 9, 4]], jnp.int32)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model_and_session(request):
+    b = tiny_model(request.param, seed=3)
+    return b, SecureSession(b.config, b.params, max_len=8, seed=b"secure-tests")
+
+
+def test_secure_forward_matches_plain_with_cache_and_rollback(model_and_session):
+    b, sess = model_and_session
+    ref = np.asarray(arch.forward(b.config, b.params, IDS)[0])
+    sess.rollback(0)
+    parts = [sess.reveal_logits(sess.forward(IDS[:, :3]))]
+    parts += [sess.reveal_logits(sess.forward(IDS[:, t:t + 1])) for t in (3, 4)]
+    got = np.concatenate(parts, axis=1)
+    assert np.abs(got - ref).max() < 0.02, np.abs(got - ref).max()
+    sess.rollback(3)  # the same token again after a rollback gives the same logits
+    assert np.abs(sess.reveal_logits(sess.forward(IDS[:, 3:4])) - parts[1]).max() < 0.02
+    with pytest.raises(ValueError):
+        sess.rollback(5)
+
+
+def _client_linear_elements(config, T: int) -> int:
+    """Σ m·k over the pass's products with server weights (the client's masked inputs,
+    8 bytes each; layers sharing an input count once): embedding one-hot rows, per layer
+    q/k/v, o, (gate/up | fc), (down | proj), two norm scales, the final norm scale, head."""
+    d, F, V = config.d_model, config.d_ff, config.vocab_size
+    per_layer = T * d + T * config.n_heads * config.head_dim + T * d + T * F + 2 * T * d
+    pos = T * config.max_seq_len if config.family == "gpt2" else 0  # one-hot positions
+    return T * V + pos + config.n_layers * per_layer + T * d + T * d
+
+
+def test_weight_bytes_of_a_step_equal_the_formula(model_and_session):
+    b, sess = model_and_session
+    n_weights = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(b.params)
+                    if str(path[-1]) not in ("['b']", "['bias']"))
+    assert sess.ledger.totals("setup").bytes1 == 8 * n_weights  # each weight opened once, masked
+    for T, chunk in ((3, IDS[:, :3]), (1, IDS[:, 3:4])):
+        sess.rollback(0 if T == 3 else 3)
+        mark = sess.ledger.snapshot()
+        sess.forward(chunk)
+        client_only = sum(e.bytes0 for e in sess.ledger.since(mark).entries
+                          if e.kind == "online" and e.bytes1 == 0)
+        assert client_only == 8 * _client_linear_elements(b.config, T)
+    assert sess.ledger.totals("setup").bytes1 == 8 * n_weights  # never reopened
+
+
+def test_secure_greedy_decoding_equals_plain(model_and_session):
+    b, sess = model_and_session
+    prompt = [5, 9, 2]
+    plain = generate_plain(b, prompt, 3, Sampling(0.0))
+    sec = generate_secure(b, prompt, 3, Sampling(0.0), session=sess)
+    assert sec.tokens == plain.tokens
+    assert sec.extra["secure_passes"] == 3 and sec.extra["rounds"] > 0
+    assert set(sec.extra["modeled_s"]) == {"lan", "wan", "dc"}
