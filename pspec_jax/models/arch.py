@@ -47,13 +47,12 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.
 
 
 # ----------------------------------------------------------------- blocks
-def _norm(config: ModelConfig, p: Params, x: Any, ops: Any) -> Any:
+def apply_norm(config: ModelConfig, p: Params, x: Any, ops: Any) -> Any:
     if config.family == "gpt2":
         return ops.layernorm(x, p["scale"], p["bias"], config.norm_eps)
     return ops.rmsnorm(x, p["scale"], config.norm_eps)
 
 
-apply_norm = _norm  # public name: LayerNorm (gpt2) or RMSNorm (llama) with params p
 
 
 def _lin(ops: Any, x: Any, p: Params) -> Any:
@@ -86,10 +85,10 @@ def mlp_block(config: ModelConfig, p: Params, h: Any, ops: Any) -> Any:
 def block(config: ModelConfig, p: Params, x: Any, layer_cache: Any, start: jax.Array,
           rope: tuple[jax.Array, jax.Array] | None, ops: Any) -> tuple[Any, Any]:
     """One pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(.))."""
-    layer_cache, a = attention_block(config, p, _norm(config, p["attn_norm"], x, ops),
+    layer_cache, a = attention_block(config, p, apply_norm(config, p["attn_norm"], x, ops),
                                      layer_cache, start, rope, ops)
     x = x + a
-    x = x + mlp_block(config, p, _norm(config, p["mlp_norm"], x, ops), ops)
+    x = x + mlp_block(config, p, apply_norm(config, p["mlp_norm"], x, ops), ops)
     return layer_cache, x
 
 
@@ -138,7 +137,7 @@ def forward(config: ModelConfig, params: Params, token_ids: jax.Array,
     for i in range(config.n_layers):
         lc, x = block(config, layers[i], x, cache.layers[i], start, rope, ops)
         new_layers.append(lc)
-    x = _norm(config, params["final_norm"], x, ops)
+    x = apply_norm(config, params["final_norm"], x, ops)
     if logits_index is not None:
         x = x[:, logits_index][:, None]  # (B, 1, d)
     logits = ops.linear(x, head_weight(config, params))

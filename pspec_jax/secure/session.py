@@ -59,7 +59,7 @@ class SecureSession:
             return arch.block(config, layer_params, x, layer_cache, start, rope, ops)
 
         def head(ctx, params, x):
-            x = arch._norm(config, params["final_norm"], x, ops)  # noqa: SLF001 - the final norm of forward()
+            x = arch.apply_norm(config, params["final_norm"], x, ops)
             return ops.linear(x, arch.head_weight(config, params))
 
         self._embed, self._block, self._head = mpc.secure_jit(embed), mpc.secure_jit(block), mpc.secure_jit(head)
