@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,torch]'
 	@touch $(STAMP)
 
+# The quick suite (well under 15 minutes on 2 cores); CI also runs the slow cases.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 
 test-slow: setup
 	$(PY) -m pytest -m slow

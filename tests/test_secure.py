@@ -17,7 +17,7 @@ from pspec_jax.secure import SecureSession
 IDS = jnp.array([[3, 7, 1, 9, 4]], jnp.int32)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
 def model_and_session(request):
     b = tiny_model(request.param, seed=3)
     return b, SecureSession(b.config, b.params, max_len=8, seed=b"secure-tests")
