@@ -23,7 +23,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mpc.context import Context
 from mpc.shares import CLIENT, SERVER, Shared

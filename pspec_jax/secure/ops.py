@@ -23,9 +23,8 @@ from mpc.protocols import linear as L
 from mpc.protocols import nonlinear as NL
 from mpc.protocols import norm
 from mpc.protocols.softmax import softmax
-from mpc.shares import SERVER, Shared, concatenate
+from mpc.shares import Shared, concatenate
 
-F64 = jnp.float64
 
 
 def prepare_params(ctx: mpc.Context, params: Any) -> Any:
