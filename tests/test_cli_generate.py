@@ -76,6 +76,9 @@ def test_bad_input_is_one_line_exit_2(capsys, pair, tiny_folder, tmp_path):
         "top_p out of range": base + ["--top-p", "1.5"],
         "prompt longer than context": base[:1] + ["the " * 80] + base[2:],
         "unknown mode": base + ["--mode", "quantum"],
+        "unknown privacy mode": base + ["--mode", "post", "--privacy", "open"],
+        "unknown network": base + ["--mode", "post", "--network", "moon"],
+        "top-k in a secure mode": base + ["--mode", "post", "--top-k", "3"],
     }
     mismatched = tiny_folder("other", seed=3, shuffle_seed=7)
     cases["mismatched tokenizers"] = ["generate", "the", "--private", str(priv), "--public", str(mismatched)]
@@ -99,6 +102,22 @@ def test_bad_input_is_one_line_exit_2(capsys, pair, tiny_folder, tmp_path):
             raise AssertionError(f"{name}: rc={rc} err={err!r}") from e
     rc, _, err = _run(capsys, "generate", "x", "--private", str(mismatched), "--public", str(priv))
     assert "different tokenizers" in err
+
+
+@pytest.mark.slow
+def test_generate_post_json(capsys, pair):
+    priv, pub = pair
+    rc, out, err = _run(capsys, "generate", "the theme", "--mode", "post", "--privacy", "paper",
+                        "--private", str(priv), "--public", str(pub), "--max-new-tokens", "4",
+                        "--gamma", "2", "--json", "--ignore-eos", "--network", "wan")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["mode"] == "post" and len(d["tokens"]) == 4 and d["gamma"] == 2 and d["privacy"] == "paper"
+    assert d["steps"] == len(d["accepted_per_step"]) and 0 <= d["acceptance_rate"] <= 1
+    assert d["tokens_per_step"] == pytest.approx(4 / d["steps"])
+    for k in ("secure_passes", "compute_s", "bytes_per_party", "rounds", "modeled_s", "verify_share"):
+        assert k in d
+    assert d["secure_passes"] == d["steps"] + 1 and set(d["modeled_s"]) == {"lan", "wan", "dc"}
 
 
 def test_mode_registry_is_extensible(capsys, pair):

@@ -4,36 +4,30 @@ the exact law, with a negative control that must fail), greedy equivalence, no r
 from __future__ import annotations
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from pspec_jax.decode import (TRACES, AlwaysAccept, Sampling, SpeculativeRule, generate_plain,
                               generate_spec, plain_step_fn, spec_step_fn)
 from pspec_jax.decode.plain import init_plain_state
 from pspec_jax.decode.spec import init_spec_state
 from pspec_jax.errors import UserError
-from pspec_jax.models import forward, tiny_model
+from laws import exact_law as _exact_law, law_test as _law_test
+from pspec_jax.models import tiny_model
 
 V = 6  # small vocabulary: the law of 3 tokens has 216 outcomes
 PROMPT = [1, 4, 2]
 
 
 def exact_law(model, prompt, sampling, n=3):
-    """P(first n emitted tokens = s) for every s in V^n, from full forwards."""
-    seqs = np.array(list(itertools.product(range(V), repeat=n)), np.int32)  # (V^n, n)
-    L = len(prompt)
-    ids = jnp.concatenate([jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (len(seqs), L)),
-                           jnp.asarray(seqs)], axis=1)
-    logits = jax.jit(forward, static_argnums=0)(model.config, model.params, ids)[0]
-    probs = np.asarray(sampling.probs(logits[:, L - 1:L - 1 + n]), np.float64)  # (V^n, n, V)
-    law = np.prod(probs[np.arange(len(seqs))[:, None], np.arange(n)[None], seqs], axis=1)
-    assert abs(law.sum() - 1) < 1e-4
-    return law / law.sum()
+    return _exact_law(model, prompt, sampling, V, n)
+
+
+def law_test(samples, law):
+    return _law_test(samples, law, V)
 
 
 def sample_spec(private, drafter, sampling, gamma, rule, n_runs, seed=0, n=3):
@@ -59,28 +53,6 @@ def sample_plain(model, sampling, n_runs, seed=0, n=3):
     for _ in range(n):
         states, _ = step(model.params, states)
     return np.asarray(states.tokens[:, 0, len(PROMPT):len(PROMPT) + n])
-
-
-def law_test(samples, law):
-    """(χ² p-value, TV, TV threshold) of the empirical law of `samples` against `law`."""
-    N = len(samples)
-    idx = np.ravel_multi_index(samples.T, (V,) * samples.shape[1])
-    emp = np.bincount(idx, minlength=law.size).astype(np.float64)
-    exp = law * N
-    if emp[law == 0].sum() > 0:  # outcomes the exact law forbids were observed
-        return 0.0, 0.5 * np.abs(emp / N - law).sum(), _tv_threshold(law, N)
-    big = exp >= 5  # pool small cells so the χ² approximation holds
-    obs = np.append(emp[big], emp[~big].sum())
-    ex = np.append(exp[big], exp[~big].sum())
-    keep = ex > 0
-    pval = stats.chisquare(obs[keep], ex[keep]).pvalue
-    tv = 0.5 * np.abs(emp / N - law).sum()
-    return pval, tv, _tv_threshold(law, N)
-
-
-def _tv_threshold(law, N):
-    # E|p̂ - p| ≈ sqrt(2p(1-p)/(πN)) per cell; allow 2.5× the expected null TV.
-    return 2.5 * 0.5 * np.sum(np.sqrt(2 * law * (1 - law) / (np.pi * N)))
 
 
 def _pair(case):

@@ -349,6 +349,11 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     return outs[0], outs[1:]
 
 
+def tree_levels(n: int, group: int) -> int:
+    """Levels of `tree_max` over n entries with groups of at most `group`."""
+    return max(1, math.ceil(math.log(n) / math.log(group) - 1e-9)) if n > 1 else 0
+
+
 def tree_max(ctx: Context, x: Shared, cmp: CoarseCompare, group: int, with_index: bool = False,
              op: str = "max"):
     """Max over the last axis by levels of `group_max` (⌈log_group n⌉ levels, balanced group
@@ -359,7 +364,7 @@ def tree_max(ctx: Context, x: Shared, cmp: CoarseCompare, group: int, with_index
     """
     n = x.shape[-1]
     idx = Shared.public(jnp.broadcast_to(jnp.arange(n, dtype=DTYPE), x.shape)) if with_index else None
-    levels = max(1, math.ceil(math.log(n) / math.log(group) - 1e-9)) if n > 1 else 0
+    levels = tree_levels(n, group)
     size = math.ceil(n ** (1.0 / levels) - 1e-9) if levels else 1
     for level in range(levels):
         n = x.shape[-1]

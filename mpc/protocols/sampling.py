@@ -33,7 +33,7 @@ import numpy as np
 from mpc.context import Context
 from mpc.protocols import compare as C
 from mpc.protocols import linear as L
-from mpc.protocols.nonlinear import coarse_view, exp, msb_bits, tree_max
+from mpc.protocols.nonlinear import coarse_view, exp, msb_bits, ring_const, tree_levels, tree_max
 from mpc.ring import DTYPE
 from mpc.shares import CLIENT, Shared, XorShared
 
@@ -82,14 +82,27 @@ def sample(ctx: Context, w: Shared, op: str = "sample") -> jax.Array:
     return open_index(ctx, sample_index(ctx, w, op=op), op=f"{op}/open")
 
 
-def sample_logits(ctx: Context, logits: Shared, temperature: float = 1.0, op: str = "sample_logits") -> jax.Array:
-    """A draw from softmax(logits / temperature) opened to the client: unnormalised
-    weights e^((x − m)/T) (coarse tree max + exp, no reciprocal needed), then `sample`.
-    Rounds: (T ≠ 1: 1) + levels·11 + 15 + 11."""
+def vocab_weights(ctx: Context, logits: Shared, temperature: float = 1.0, op: str = "weights") -> Shared:
+    """Unnormalised weights e = exp(x − m − s) ∝ softmax(x), x = logits / temperature, over
+    the last (vocabulary) axis, at scale `exp_frac`.
+
+    m is a coarse tree max (`vocab_max_group`, `vocab_max_compare`): each level's winner is
+    within 2^r of its group's max, so m ≥ max(x) − s with s = levels·2^r, and the public
+    shift s keeps every exponent ≤ 0 (exp's domain) while the largest weight stays ≥ e^−2s.
+    Rounds: (T ≠ 1: 1) + levels·11 (`group_max` at 13 bits; 6 levels at V ≈ 50k) + exp 15.
+    """
     nl = ctx.config.nonlinear
     if temperature <= 0:
-        raise ValueError(f"sample_logits: temperature must be > 0 (use argmax for greedy), got {temperature}")
+        raise ValueError(f"vocab_weights: temperature must be > 0 (use argmax for greedy), got {temperature}")
     x = logits if temperature == 1.0 else L.mul_const(ctx, logits, 1.0 / temperature, op=f"{op}/temperature")
-    m, _ = tree_max(ctx, x, nl.softmax_max_compare, nl.max_group, op=f"{op}/max")
-    e = exp(ctx, x - m[..., None], out_frac=nl.exp_frac, op=f"{op}/exp")
-    return sample(ctx, e, op=op)
+    cmp, group = nl.vocab_max_compare, nl.vocab_max_group
+    m, _ = tree_max(ctx, x, cmp, group, op=f"{op}/max")
+    slack = tree_levels(x.shape[-1], group) * 2.0 ** (cmp.resolution_log2 or 0)
+    shifted = (x - m[..., None]).add_public(ring_const(-slack, x.frac))
+    return exp(ctx, shifted, out_frac=nl.exp_frac, op=f"{op}/exp")
+
+
+def sample_logits(ctx: Context, logits: Shared, temperature: float = 1.0, op: str = "sample_logits") -> jax.Array:
+    """A draw from softmax(logits / temperature) opened to the client: `vocab_weights` (no
+    reciprocal needed), then `sample`. Rounds: (T ≠ 1: 1) + levels·11 + 15 + 11."""
+    return sample(ctx, vocab_weights(ctx, logits, temperature, op=op), op=op)

@@ -13,6 +13,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
     parser.add_argument("--quick", action="store_true", help="skip the largest shapes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--out", default="out", help="folder for plots (default: out)")
+    decode = parser.add_argument_group("decode (POST vs standard secure decoding)")
+    decode.add_argument("--gammas", type=int, nargs="+", default=None, help="drafts per step (default 2 4 8 16)")
+    decode.add_argument("--tokens", type=int, default=16, help="tokens per prompt and run (default 16)")
+    decode.add_argument("--prompts", type=int, default=2, help="held-out prompts decoded securely (default 2)")
+    decode.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy")
+    decode.add_argument("--privacy", default="strict", help="POST privacy mode: strict (default) or paper")
+    decode.add_argument("--public", metavar="PATH", default=None,
+                        help="the aligned drafter (default: the one `make demo` uses)")
+    decode.add_argument("--reuse-secure", action="store_true", dest="reuse_secure",
+                        help="reuse the secure runs saved in OUT/decode_secure.json (re-project only)")
 
 
 def _bench_mpc(args) -> dict:

@@ -122,7 +122,10 @@ def report_text(res: GenerationResult) -> str:
 def run_generate(req) -> GenerationResult:
     """`pspec generate --mode secure` (see pspec_jax.commands.generate)."""
     args = req.args
-    mpc.network(args.network)  # validate early
+    try:
+        mpc.network(args.network)  # validate early
+    except ValueError as err:
+        raise UserError(str(err)) from None
     res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
                           req.eos_id, req.on_tokens)
     ledger = res.extra.pop("_ledger")

@@ -72,9 +72,10 @@ class SecureSession:
     def ledger(self) -> mpc.Ledger:
         return self.ctx.ledger
 
-    def forward(self, token_ids, logits_last_only: bool = False) -> Shared:
+    def forward(self, token_ids, logits_last_only: bool = False, with_logits: bool = True) -> Shared | None:
         """Secure pass over T new tokens (the client's ids, (T,) or (1, T)) appended to the
-        cache. Returns shared logits (1, T, V), or (1, 1, V) for the last token only."""
+        cache. Returns shared logits (1, T, V), or (1, 1, V) for the last token only, or
+        None without the head (`with_logits=False`: a prefill that only fills the cache)."""
         ids = jnp.asarray(token_ids, jnp.int32).reshape(1, -1)
         T = ids.shape[1]
         start = self.length
@@ -92,12 +93,14 @@ class SecureSession:
             with self.ledger.scope(f"layer{i}"):
                 lc, x = self._block(self.ctx, self.params["layers"][i], x, self.cache.layers[i], start_arr, rope)
             layers.append(lc)
-        if logits_last_only:
-            x = x[:, T - 1:]
-        head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
-        with self.ledger.scope("head"):
-            logits = self._head(self.ctx, head_params, x)
-        jax.block_until_ready(logits.v)
+        logits = None
+        if with_logits:
+            if logits_last_only:
+                x = x[:, T - 1:]
+            head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
+            with self.ledger.scope("head"):
+                logits = self._head(self.ctx, head_params, x)
+        jax.block_until_ready((x if logits is None else logits).v)
         self.compute_s += time.perf_counter() - t0
         self.cache = KVCache(layers=tuple(layers), length=jnp.asarray(start + T, jnp.int32))
         return logits

@@ -1,0 +1,270 @@
+"""`pspec bench decode`: POST against standard secure decoding on the default pair.
+
+One run decodes the same held-out prompts (chat template, `distill.prompts.EVAL`) with
+  * standard secure decoding (one secure pass and a secure sample per token), and
+  * POST for each γ with the aligned drafter (the one `make demo` uses),
+and reports, per γ and network preset, tokens, secure passes, the acceptance rate,
+tokens per step, compute seconds, bytes, rounds, modelled seconds per token, and the
+speed-up of POST over standard secure decoding (decode phase, per generated token; the
+prefill is common to both and excluded).
+
+Secure runs are expensive (seconds per pass on 2 CPU cores), so their acceptance figures
+come from few tokens. A second, larger sample of the acceptance comes from plain
+speculative decoding of the same pair with the same sampling — it emits exactly the same
+law and accepts with exactly the same probabilities, so its tokens per step are those
+POST would have — over 6 prompts × 32 tokens; the "projected" speed-up divides a POST
+step's measured secure cost by those tokens per step. The untrained truncated drafter
+(the "before" row) is only projected: a step's secure cost does not depend on the
+drafter, apart from drafting time, which is measured for it in the clear. The secure
+part is saved to OUT/decode_secure.json; `--reuse-secure` re-projects from it (e.g. for a
+new drafter) without the hour of secure runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pspec_jax.errors import UserError
+
+PRESETS = ("lan", "wan")
+GAMMAS = (2, 4, 8, 16)
+
+
+def _prompts(tokenizer, k: int) -> list[list[int]]:
+    from distill.prompts import EVAL, format_prompt
+
+    # Spread the picks over the four kinds (chat, story, code, factual) of the held-out set.
+    step = max(1, len(EVAL) // max(k, 1))
+    return [format_prompt(tokenizer, EVAL[(i * step + i) % len(EVAL)]) for i in range(k)]
+
+
+def _per_token(report: dict[str, Any], tokens: int) -> dict[str, float]:
+    return {"compute_s": report["compute_s"] / tokens, "bytes": report["bytes_per_party"] / tokens,
+            "rounds": report["rounds"] / tokens, **{p: report["modeled_s"][p] / tokens for p in PRESETS}}
+
+
+def _plain_acceptance(private, drafter, prompts, gamma, sampling, tokens, seed=0) -> dict[str, float]:
+    """Tokens per step and acceptance of plain speculative decoding (the same law as POST)."""
+    from pspec_jax.decode import generate_spec
+
+    steps = emitted = acc = 0
+    for i, ids in enumerate(prompts):
+        r = generate_spec(private, drafter, ids, tokens, gamma, sampling, seed=seed + i)
+        steps += r.steps
+        emitted += len(r.tokens)
+        acc += sum(r.accepted_per_step)
+    return {"tokens_per_step": emitted / steps, "acceptance": acc / (gamma * steps)}
+
+
+def _drafting_seconds(drafter, prompt, gamma, sampling, repeats=3) -> float:
+    """Seconds for the client to draft γ tokens in the clear (median, after compiling)."""
+    import jax
+    import jax.numpy as jnp
+
+    from pspec_jax.decode.common import prefill, token_buffer
+    from pspec_jax.decode.post import _draft
+
+    rows = len(prompt) + gamma + 8
+    cache = prefill(drafter.config, drafter.params, prompt[:-1], rows)
+    tokens = token_buffer(prompt, rows + gamma + 3)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        out = _draft(drafter.config, sampling, gamma, drafter.params, cache, tokens,
+                     jnp.int32(len(prompt)), jax.random.PRNGKey(i))
+        jax.block_until_ready(out)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def secure_rows(private, drafter, name: str, prompts, gammas, tokens: int, sampling, privacy: str,
+                log=print) -> dict[str, Any]:
+    """The secure runs: standard secure decoding (the baseline, per generated token of the
+    decode phase) and POST with `drafter` per γ (measured rows, and each γ's cost of one
+    step, drafting included)."""
+    from pspec_jax.decode.post import generate_post
+    from pspec_jax.decode.secure import generate_secure
+    from pspec_jax.secure import SecureSession
+
+    max_len = max(len(p) for p in prompts) + tokens + max(gammas) + 1
+    session = SecureSession(private.config, private.params, max_len=max_len)
+    # Warm-up: compile every program a measured decode step runs (the T = 1 pass and the
+    # secure sample; per γ, the T = γ+1 pass and the rejection program), so the figures are
+    # steady-state compute. Prefill shapes compile during the runs but are not measured.
+    generate_secure(private, prompts[0], 2, sampling, session=session)
+    for gamma in gammas:
+        generate_post(private, drafter, prompts[0], 1, gamma, sampling, privacy, session=session, seed=0)
+    log("warm-up (compilation) done")
+
+    std_reports, std_tokens = [], 0
+    for ids in prompts:
+        t0 = time.perf_counter()
+        r = generate_secure(private, ids, tokens, sampling, session=session)
+        log(f"standard secure: {len(r.tokens)} tokens in {time.perf_counter() - t0:.0f} s")
+        std_reports.append(r.extra["decode"])
+        std_tokens += max(1, len(r.tokens) - 1)
+    base = _per_token(_sum_reports(std_reports), std_tokens)
+
+    rows: list[dict[str, Any]] = []
+    step_costs: dict[int, dict[str, float]] = {}
+    for gamma in gammas:
+        reports, emitted, steps, accepted, verify_wan = [], 0, 0, 0, []
+        for i, ids in enumerate(prompts):
+            t0 = time.perf_counter()
+            r = generate_post(private, drafter, ids, tokens, gamma, sampling, privacy, session=session, seed=i)
+            log(f"POST γ={gamma}: {len(r.tokens)} tokens, {r.steps} steps in {time.perf_counter() - t0:.0f} s")
+            reports.append(r.extra["decode"])
+            emitted += len(r.tokens)
+            steps += r.steps
+            accepted += sum(r.accepted_per_step)
+            verify_wan.append(r.extra["verify_share"]["wan"])
+        dec = _sum_reports(reports)
+        step_costs[gamma] = _per_token(dec, steps)
+        step_costs[gamma]["draft_s"] = _drafting_seconds(drafter, prompts[0], gamma, sampling)
+        per_tok = _per_token(dec, emitted)
+        rows.append({"drafter": name, "gamma": gamma, "kind": "measured", "tokens": emitted,
+                     "secure_passes": steps, "acceptance": accepted / (gamma * steps),
+                     "tokens_per_step": emitted / steps, "compute_s_per_token": per_tok["compute_s"],
+                     "bytes_per_token": per_tok["bytes"], "rounds_per_token": per_tok["rounds"],
+                     **{f"{p}_s_per_token": per_tok[p] for p in PRESETS},
+                     **{f"speedup_{p}": base[p] / per_tok[p] for p in PRESETS},
+                     "verify_share_wan": statistics.mean(verify_wan)})
+    baseline = {"tokens": std_tokens, "secure_passes": std_tokens, "compute_s_per_token": base["compute_s"],
+                "bytes_per_token": base["bytes"], "rounds_per_token": base["rounds"],
+                **{f"{p}_s_per_token": base[p] for p in PRESETS}}
+    return {"baseline": baseline, "rows": rows, "step_costs": {str(g): c for g, c in step_costs.items()}}
+
+
+def projected_rows(private, drafters: dict[str, Any], secure: dict[str, Any], prompts, sampling,
+                   tokens: int, log=print) -> list[dict[str, Any]]:
+    """A POST step's measured secure cost (drafting time swapped for each drafter's own)
+    over the tokens per step of plain speculative decoding on `prompts` (same law, same
+    acceptance)."""
+    base = secure["baseline"]
+    rows = []
+    for name, drafter in drafters.items():
+        for g, c in sorted(secure["step_costs"].items(), key=lambda kv: int(kv[0])):
+            gamma = int(g)
+            if "untrained" in name and gamma > 4:
+                continue  # it accepts ~6% of drafts: long steps only add drafting time
+            t0 = time.perf_counter()
+            acc = _plain_acceptance(private, drafter, prompts, gamma, sampling, tokens)
+            draft = _drafting_seconds(drafter, prompts[0], gamma, sampling) - c["draft_s"]
+            tps = acc["tokens_per_step"]
+            log(f"plain spec {name} γ={gamma}: {tps:.2f} tokens/step ({time.perf_counter() - t0:.0f} s)")
+            rows.append({"drafter": name, "gamma": gamma, "kind": "projected",
+                         "tokens": len(prompts) * tokens, "acceptance": acc["acceptance"],
+                         "tokens_per_step": tps, "compute_s_per_token": (c["compute_s"] + draft) / tps,
+                         "bytes_per_token": c["bytes"] / tps, "rounds_per_token": c["rounds"] / tps,
+                         **{f"{p}_s_per_token": (c[p] + draft) / tps for p in PRESETS},
+                         **{f"speedup_{p}": base[f"{p}_s_per_token"] * tps / (c[p] + draft) for p in PRESETS}})
+    return rows
+
+
+def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {"compute_s": sum(r["compute_s"] for r in reports),
+           "bytes_per_party": sum(r["bytes_per_party"] for r in reports),
+           "rounds": sum(r["rounds"] for r in reports),
+           "modeled_s": {p: sum(r["modeled_s"][p] for r in reports) for p in PRESETS}}
+    return out
+
+
+def by_preset(result: dict[str, Any]) -> dict[str, Any]:
+    """The `--json` layout: under each preset, the rows per γ and the best γ of the aligned
+    drafter (its measured rows when there are any) with its speed-up."""
+    out = {}
+    for p in PRESETS:
+        rows = [{k: v for k, v in r.items() if not (k.startswith("speedup_") or k.endswith("_s_per_token"))
+                 or k in (f"speedup_{p}", f"{p}_s_per_token", "compute_s_per_token")}
+                | {"speedup": r[f"speedup_{p}"]} for r in result["rows"]]
+        first = rows[0]["drafter"]
+        mine = [r for r in rows if r["drafter"] == first]
+        best = max([r for r in mine if r["kind"] == "measured"] or mine, key=lambda r: r["speedup"])
+        out[p] = {"rows": rows, "best": {"gamma": best["gamma"], "speedup": best["speedup"],
+                                         "tokens_per_step": best["tokens_per_step"]},
+                  "baseline_s_per_token": result["baseline"][f"{p}_s_per_token"]}
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (drafter, kind), style in zip(sorted({(r["drafter"], r["kind"]) for r in result["rows"]}),
+                                      ("-", "--", ":", "-.")):
+        rs = [r for r in result["rows"] if r["drafter"] == drafter and r["kind"] == kind]
+        for p, marker in zip(PRESETS, ("o", "s")):
+            ax.plot([r["gamma"] for r in rs], [r[f"speedup_{p}"] for r in rs], style, marker=marker,
+                    label=f"{p}, {drafter} ({kind})")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("drafts per step (γ)")
+    ax.set_ylabel("speed-up over standard secure decoding")
+    ax.set_title("POST vs standard secure decoding (SmolLM2-135M)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def run_bench(args) -> dict:
+    import json
+    import sys
+
+    from pspec_jax.commands.generate import default_drafter
+    from pspec_jax.decode import Sampling
+    from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_default_private, load_model
+
+    gammas = tuple(args.gammas or ((2, 4) if args.quick else GAMMAS))
+    if any(g < 1 for g in gammas):
+        raise UserError(f"--gammas must be >= 1, got {gammas}")
+    if args.tokens < 1 or args.prompts < 1:
+        raise UserError("--tokens and --prompts must be >= 1")
+    if args.privacy not in ("strict", "paper"):
+        raise UserError(f"unknown --privacy {args.privacy!r} (choose from strict, paper)")
+    sampling = Sampling(args.temperature)
+    private = load_default_private()
+    aligned = load_model(args.public, name="drafter") if args.public else default_drafter(private)
+    untrained = f"truncated{DEFAULT_DRAFTER_LAYERS} (untrained)"
+    drafters = {aligned.name: aligned, untrained: private.truncated(DEFAULT_DRAFTER_LAYERS)}
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out_dir = Path(args.out or "out")
+    costs_path = out_dir / "decode_secure.json"
+    if args.reuse_secure:
+        if not costs_path.exists():
+            raise UserError(f"--reuse-secure: {costs_path} does not exist (run without it first)")
+        secure = json.loads(costs_path.read_text())
+    else:
+        prompts = _prompts(private.tokenizer, args.prompts)
+        secure = secure_rows(private, aligned, aligned.name, prompts, gammas, args.tokens, sampling,
+                             args.privacy, log=log)
+        secure["settings"] = {"tokens": args.tokens, "prompts": args.prompts,
+                              "temperature": args.temperature, "privacy": args.privacy}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        costs_path.write_text(json.dumps(secure, indent=1))
+    n_plain, plain_tokens = (2, 16) if args.quick else (6, 32)
+    result = {"baseline": secure["baseline"],
+              "rows": secure["rows"] + projected_rows(private, drafters, secure, _prompts(private.tokenizer, n_plain),
+                                                      sampling, plain_tokens, log=log),
+              "settings": {**secure["settings"], "plain_prompts": n_plain, "plain_tokens": plain_tokens}}
+    png = plot(result, out_dir / "decode_speedup.png")
+    presets = by_preset(result)
+    if args.json:
+        return {**presets, "baseline": result["baseline"], "settings": result["settings"], "plot": str(png)}
+    cols = ["drafter", "gamma", "kind", "tokens", "acceptance", "tokens_per_step", "compute_s_per_token",
+            "bytes_per_token", "rounds_per_token", "lan_s_per_token", "wan_s_per_token", "speedup_lan",
+            "speedup_wan", "verify_share_wan"]
+    rows = [{c: r.get(c, "") for c in cols} for r in result["rows"]]
+    base = {"drafter": "standard secure", "gamma": "-", "kind": "measured", **result["baseline"]}
+    return {"decode": [{c: base.get(c, "") for c in cols}, *rows],
+            "best": [{"preset": p, **v["best"]} for p, v in presets.items()],
+            "plot": [{"path": str(png)}]}

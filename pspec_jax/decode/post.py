@@ -1,0 +1,244 @@
+"""POST: public drafting, private verification (the mission's decode loop).
+
+Each step:
+  1. The client drafts γ tokens with the public model, in the clear on its own machine,
+     keeping their distributions q (`spec.draft_tokens`), and draws r_i ~ U[0, 1).
+  2. One secure pass of the private model over the last accepted token plus the γ drafts
+     appends γ+1 rows to the shared KV cache (`SecureSession.forward`).
+  3. The private rejection protocol (`mpc.protocols.rejection`) accepts a prefix of n
+     drafts and yields the next token: `--privacy paper` opens row n of p to the client,
+     which samples norm(max(0, p_n − q_n)) itself; `--privacy strict` samples it inside MPC
+     and opens only the id. Greedy (temperature 0): x_i is accepted iff it is the private
+     argmax, and the next token is the argmax of row n.
+  4. Both caches roll back to the accepted prefix (the server learns n this way).
+
+The emitted tokens follow the private model's law exactly (up to the fixed-point error of
+p); tests check it statistically against the exact law. The secure pass over γ+1 tokens
+costs little more than over one, so each accepted draft saves most of a pass.
+
+Cache invariants as in `spec.py`: the secure cache holds tokens[:length−1] (the last
+token is fed by the next verification); the drafter cache tokens[:length−1] or
+tokens[:length−2].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mpc
+from mpc.protocols.rejection import PRIVACY_MODES, greedy_verify, speculative_verify
+from pspec_jax.decode.accept import residual
+from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids, prefill, token_buffer
+from pspec_jax.decode.costs import CostReport, profile
+from pspec_jax.decode.sampling import Sampling, sample, step_key
+from pspec_jax.decode.secure import _slice, check_secure_sampling, report_text
+from pspec_jax.decode.spec import check_pair, draft_tokens
+from pspec_jax.errors import UserError
+
+RULES = ("exact", "always_accept")  # always_accept: NEGATIVE CONTROL for tests only
+
+_draft = jax.jit(draft_tokens, static_argnums=(0, 1, 2))
+
+
+def _verify_program(ctx, logits, drafts, thresholds, q_rows, *, temperature: float, privacy: str):
+    if temperature == 0.0:
+        return greedy_verify(ctx, logits, drafts, op="rejection")
+    return speculative_verify(ctx, logits, drafts, thresholds, q_rows, temperature, privacy, op="rejection")
+
+
+_verify = mpc.secure_jit(_verify_program)
+
+
+@dataclasses.dataclass
+class StepCosts:
+    """Wall-clock seconds of one part of the decode loop, summed over steps."""
+
+    draft_s: float = 0.0  # client: drafting in the clear
+    forward_s: float = 0.0  # secure pass of the private model
+    verify_s: float = 0.0  # rejection protocol and next token
+
+
+def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int = 32,
+                  gamma: int = 4, sampling: Sampling = Sampling(), privacy: str = "strict",
+                  eos_id: int | None = None, on_tokens: OnTokens | None = None,
+                  seed: int | None = None, mpc_config: mpc.MPCConfig | None = None,
+                  dealer_seed: bytes | None = None, session=None,
+                  rule: str = "exact") -> GenerationResult:
+    """POST decoding of `private` with the public `drafter` (ModelBundles).
+
+    `seed` fixes the client's drafting and acceptance randomness (None: fresh from
+    os.urandom); `dealer_seed` fixes the masks (tests only; never in a real run); strict
+    mode's sampling randomness comes from both parties inside MPC. `session`: an existing
+    SecureSession of the private model to reuse (reset here; saves compilation).
+    `rule="always_accept"` is a NEGATIVE CONTROL for tests: the client sends thresholds 0,
+    so every draft with p > 0 passes and the output follows the drafter — it must fail
+    the exactness tests.
+    Returns a GenerationResult whose `extra` holds the cost figures (prefill, decode and
+    total; forward vs verification) like `generate_secure`'s, plus γ and the privacy mode.
+    """
+    from pspec_jax.secure import SecureSession
+    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+
+    if not isinstance(gamma, int) or gamma < 1:
+        raise UserError(f"gamma (drafts per step) must be an integer >= 1, got {gamma!r}")
+    if privacy not in PRIVACY_MODES:
+        raise UserError(f"unknown privacy mode {privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    check_secure_sampling(sampling)
+    check_pair(private, drafter)
+    prompt_ids = check_ids(prompt_ids, private.config)
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    ctx_len = min(private.config.max_seq_len, drafter.config.max_seq_len)
+    if len(prompt_ids) + gamma + 1 > ctx_len:
+        raise UserError(f"the prompt has {len(prompt_ids)} tokens; with γ = {gamma} drafts it does "
+                        f"not fit the context of {ctx_len}")
+    max_new = min(max_new_tokens, ctx_len - len(prompt_ids) - gamma)
+    rows = len(prompt_ids) + max_new + gamma + 1  # a step may append γ+1 rows past the output
+    if session is None:
+        session = SecureSession(private.config, private.params, max_len=rows,
+                                mpc_config=mpc_config or DEFAULT_MPC_CONFIG, seed=dealer_seed)
+    elif session.max_len < rows:
+        raise UserError(f"the session's cache holds {session.max_len} tokens, the run needs {rows}")
+    key = jax.random.PRNGKey(int.from_bytes(os.urandom(4), "little") if seed is None else seed)
+    V = private.config.vocab_size
+    session.rollback(0)
+    ledger = session.ledger
+    setup_mark = ledger.snapshot()
+
+    # Prefill: all prompt tokens but the last enter the caches (the first step feeds it).
+    t0 = time.perf_counter()
+    if len(prompt_ids) > 1:
+        with ledger.scope("prefill"):
+            session.forward(prompt_ids[:-1], with_logits=False)
+    cache_d = prefill(drafter.config, drafter.params, prompt_ids[:-1], rows)
+    tokens = token_buffer(prompt_ids, rows + gamma + 3)
+    prefill_compute = time.perf_counter() - t0
+    decode_mark = ledger.snapshot()
+
+    costs = StepCosts()
+    length = len(prompt_ids)
+    out: list[int] = []
+    accepted: list[int] = []
+    stop = "length" if max_new == max_new_tokens else "context"
+    t_first, first_tokens = None, 0
+    t1 = time.perf_counter()
+    while len(out) < max_new:
+        k_draft, k_r, k_y = jax.random.split(step_key(key, jnp.int32(len(accepted))), 3)
+        # 1. the client drafts in the clear.
+        ts = time.perf_counter()
+        drafts, q, cache_d = _draft(drafter.config, sampling, gamma, drafter.params, cache_d,
+                                    tokens, jnp.int32(length), k_draft)
+        drafts = np.asarray(drafts)
+        q_x = np.asarray(q)[np.arange(gamma), drafts].astype(np.float64)
+        r = np.asarray(jax.random.uniform(k_r, (gamma,), jnp.float64))
+        thresholds = r * q_x if rule == "exact" else np.zeros(gamma)
+        q_rows = jnp.concatenate([q, jnp.zeros((1, V), q.dtype)])  # row γ = 0: the bonus row
+        costs.draft_s += time.perf_counter() - ts
+        # 2. one secure pass over the last token and the γ drafts.
+        ts = time.perf_counter()
+        chunk = [int(tokens[0, length - 1])] + drafts.tolist()
+        with ledger.scope("forward"):
+            logits = session.forward(chunk)
+        costs.forward_s += time.perf_counter() - ts
+        # 3. private rejection and the next token.
+        ts = time.perf_counter()
+        with ledger.scope("verify"):
+            n, result = _verify(session.ctx, logits[0], jnp.asarray(drafts, jnp.int32),
+                                jnp.asarray(thresholds), q_rows,
+                                temperature=float(sampling.temperature), privacy=privacy)
+        n = int(n)
+        if privacy == "paper" and not sampling.greedy:  # the client samples the opened row
+            p_n = jnp.clip(jnp.asarray(result, jnp.float32), 0.0, None)
+            y = int(sample(k_y, residual(p_n / jnp.sum(p_n), q_rows[n])))
+        else:
+            y = int(result)
+        costs.verify_s += time.perf_counter() - ts
+        # 4. both caches roll back to the accepted prefix.
+        ts = time.perf_counter()
+        new = drafts[:n].tolist() + [y]
+        tokens = tokens.at[0, length:length + n + 1].set(jnp.asarray(new, jnp.int32))
+        length += n + 1
+        session.rollback(length - 1)
+        cache_d = cache_d.rollback(jnp.minimum(cache_d.length, length - 1))
+        costs.draft_s += time.perf_counter() - ts
+        accepted.append(n)
+        new = new[: max_new - len(out)]
+        if eos_id is not None and eos_id in new:
+            new = new[: new.index(eos_id) + 1]
+            stop = "eos"
+        if t_first is None:
+            t_first, first_tokens = time.perf_counter(), len(new)
+        out.extend(new)
+        if on_tokens:
+            on_tokens(new)
+        if stop == "eos":
+            break
+    t2 = time.perf_counter()
+
+    decode_compute = costs.draft_s + costs.forward_s + costs.verify_s
+    steps = len(accepted)
+    prefill_rep = CostReport.of(_slice(ledger, setup_mark, decode_mark), prefill_compute, 1 if len(prompt_ids) > 1 else 0)
+    decode_rep = CostReport.of(ledger.since(decode_mark), decode_compute, steps)
+    total = CostReport.of(ledger.since(setup_mark), prefill_compute + decode_compute, prefill_rep.secure_passes + steps)
+    decode_ledger = ledger.since(decode_mark)
+    verify_rep = CostReport.of(_scoped(decode_ledger, "verify"), costs.verify_s, steps)
+    forward_rep = CostReport.of(_scoped(decode_ledger, "forward"), costs.forward_s, steps)
+    extra: dict[str, Any] = {
+        **total.to_json(tokens=len(out)), "prefill": prefill_rep.to_json(),
+        "decode": decode_rep.to_json(tokens=max(1, len(out))),
+        "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
+        "gamma": gamma, "privacy": privacy,
+        "draft_s": round(costs.draft_s, 4),
+        "forward": forward_rep.to_json(), "verify": verify_rep.to_json(),
+        # The rejection protocol's share of the decode steps' modelled time, per preset.
+        "verify_share": {k: round(verify_rep.modeled_s[k] / decode_rep.modeled_s[k], 4)
+                         for k in decode_rep.modeled_s if decode_rep.modeled_s[k] > 0},
+    }
+    res = GenerationResult(mode="post", tokens=out, steps=steps, accepted_per_step=accepted,
+                           alpha_per_step=[], drafted=gamma * steps, seconds=t2 - t1,
+                           prefill_seconds=prefill_compute, first_step_seconds=(t_first or t2) - t1,
+                           first_step_tokens=first_tokens, stop_reason=stop, extra=extra)
+    res.extra["_ledger"] = ledger  # removed by the CLI before printing
+    return res
+
+
+def _scoped(ledger: mpc.Ledger, label: str) -> mpc.Ledger:
+    """The entries of `ledger` recorded under the top-level scope `label`."""
+    sub = mpc.Ledger()
+    sub.entries = [e for e in ledger.entries if e.op.split("/")[0] == label]
+    return sub
+
+
+def run_generate(req) -> GenerationResult:
+    """`pspec generate --mode post` (see pspec_jax.commands.generate)."""
+    args = req.args
+    try:
+        mpc.network(args.network)  # validate early
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.privacy not in PRIVACY_MODES:
+        raise UserError(f"unknown --privacy {args.privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
+    res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
+                        req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
+    ledger = res.extra.pop("_ledger")
+    res.extra["network"] = args.network
+    if args.profile:
+        res.extra["profile"] = profile(ledger)
+    if not args.json:
+        print("\n" + report_text(res))
+        share = res.extra["verify_share"]
+        print("  verification share of the decode steps' modelled time: "
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
+        if args.profile:
+            for k, v in list(res.extra["profile"]["by_op"].items())[:15]:
+                print(f"  {k:32s} {v['bytes_per_party']:>14,} B  {v['rounds']:>6} rounds")
+    return res
