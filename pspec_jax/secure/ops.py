@@ -11,6 +11,7 @@ and biases are the server's; positions, RoPE tables and the causal mask are publ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -39,9 +40,71 @@ def prepare_params(ctx: mpc.Context, params: Any) -> Any:
         if name in ("b", "bias"):
             return fp.encode(np.asarray(leaf, np.float64))
         with ctx.ledger.scope("setup"):
-            return L.setup_weight(ctx, np.asarray(leaf, np.float64), op=name)
+            sw = L.setup_weight(ctx, np.asarray(leaf, np.float64), op=name)
+        if sw.w_small is not None:
+            # The server's fast operand holds integers |w| < 2^20: float32 is exact and
+            # halves it (SmolLM2: -0.5 GB); the product promotes it to float64 per call.
+            sw = dataclasses.replace(sw, w_small=sw.w_small.astype(jnp.float32))
+        return sw
 
     return jax.tree_util.tree_map_with_path(convert, params)
+
+
+# A weight above this many entries (SmolLM2's 49152 x 576 embedding and its tied LM
+# head) is multiplied column block by column block in a loop: the exact ring product
+# splits weight-sized operands into limbs, and over the whole matrix those temporaries
+# took ~2 GB at once in the embedding's and the head's programs (XLA schedules the blocks
+# of an unrolled split together; a loop bounds them to one block). Same protocol, same
+# bytes and rounds, bit-identical products.
+CHUNK_ENTRIES = 1 << 22
+
+
+def _block_width(k: int, n: int, max_entries: int | None = None) -> int:
+    """The widest divisor of n whose (k, width) block has at most max_entries entries
+    (default CHUNK_ENTRIES; n itself when the whole matrix is that small)."""
+    max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
+    if k * n <= max_entries:
+        return n
+    return max((d for d in range(1, n + 1) if n % d == 0 and k * d <= max_entries), default=n)
+
+
+def blocked_ring_product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Exact a @ b mod 2^64 (a uint64 (..., m, k); b (k, n) uint64, or float holding small
+    signed integers: the server's plain weight, `ring_matmul_small`), over column blocks of
+    b in a `fori_loop` so that only one block's limbs are alive at a time."""
+    from mpc.ring import ring_matmul, ring_matmul_small
+
+    prod = ring_matmul if b.dtype == jnp.uint64 else ring_matmul_small
+    k, n = b.shape
+    width = _block_width(k, n)
+    if width == n:
+        return prod(a, b)
+    a = jnp.asarray(a, jnp.uint64)
+    out = jnp.zeros((*a.shape[:-1], n), jnp.uint64)
+    zeros = (0,) * (a.ndim - 1)
+
+    def body(i, out):
+        col = i * width
+        blk = jax.lax.dynamic_slice(b, (0, col), (k, width))
+        return jax.lax.dynamic_update_slice(out, prod(a, blk), (*zeros, col))
+
+    return jax.lax.fori_loop(0, n // width, body, out)
+
+
+def _is_large(sw: L.ServerWeight) -> bool:
+    return sw.w_small is not None and len(sw.shape) == 2 and _block_width(*sw.shape) != sw.shape[1]
+
+
+def _weight_product(ctx: mpc.Context, x: Shared, sw: L.ServerWeight, op: str) -> Shared:
+    """`L.matmul_weight` (x @ W, untruncated) for a large weight, through the blocked
+    product. The server's operand is its small-integer float form when it has one (the
+    product picks `ring_matmul_small` on a float block), so it keeps its fast path."""
+    if not _is_large(sw):
+        return L.matmul_weight(ctx, x, sw, op=op)
+    if x.shape[-1] != sw.shape[0]:
+        raise ValueError(f"matmul_weight: {x.shape} @ {sw.shape}")
+    server_form = L.ServerWeight(sw.w_small, sw.f, sw.mask, None, sw.frac)  # only for this call
+    return L._weight_products(ctx, x, [server_form], blocked_ring_product, op)[0]
 
 
 class SecureOps:
@@ -64,10 +127,15 @@ class SecureOps:
         onehot = (token_ids[..., None] == jnp.arange(table.shape[0])[None]).astype(jnp.uint64)
         with ctx.ledger.scope("embed"):
             x = ctx.share_ring(onehot, owner=mpc.CLIENT, frac=0)
-            return L.matmul_weight(ctx, x, table, op="embed")
+            return _weight_product(ctx, x, table, op="embed")
 
     def linear(self, x: Shared, w: L.ServerWeight, b=None) -> Shared:
-        return L.linear(self.ctx, x, w, bias=b)
+        """x @ W + b truncated (`L.linear`); a large W through the blocked product."""
+        if not _is_large(w):
+            return L.linear(self.ctx, x, w, bias=b)
+        raw = _weight_product(self.ctx, x, w, op="linear")
+        y = L.truncate(self.ctx, raw, w.frac, op="linear/trunc")
+        return y if b is None else y.add_public(b, party=mpc.SERVER)
 
     def linear_many(self, x: Shared, layers) -> list[Shared]:
         return L.linear_many(self.ctx, x, layers)
