@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo bench clean
+.PHONY: setup test test-slow test-heavy demo bench clean
 
 setup: $(STAMP)
 
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 
 # The quick suite (well under 15 minutes on 2 cores); CI also runs the slow cases.
 test: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not heavy"
 
 test-slow: setup
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m "slow and not heavy"
+
+# The longest cases (e.g. the 8-prompt x 32-token fidelity check on SmolLM2): by hand.
+test-heavy: setup
+	$(PY) -m pytest -m heavy
 
 demo: setup
 	$(VENV)/bin/pspec demo

@@ -94,7 +94,7 @@ def test_large_weight_path_matches_the_plain_protocol():
     assert c1 == c0
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.model
 def test_secure_forward_fidelity_teacher_forced_on_smollm2(smollm2):
     """Top-1 of the secure forward equals plain fp32 greedy at >= 99% of 8 prompts x 32
