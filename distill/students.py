@@ -8,6 +8,11 @@ key) -> Student`. Names (what `pspec distill --student` takes):
   frozen so the drafter keeps sharing the teacher's vocabulary rows.
 * `trunc{k}-last{n}`: the same, only the last n blocks and the final norm train.
 * `trunc{k}-norms`: only the RMSNorm/LayerNorm scales (and biases) train.
+* `keep{spec}[-all|-last{n}|-norms|-lora{r}]`: like `trunc`, but with any increasing subset
+  of the teacher's blocks, e.g. `keep0-19.24-29-lora16` = blocks 0..19 and 24..29 (a
+  "layer-skipping" drafter in the manner of self-speculative decoding: dropping some middle
+  and late blocks keeps the last blocks that map into the head's space, which a plain
+  truncation loses). `trunc{k}` is `keep0-{k-1}`.
 * `fresh{n}`: a new LLaMA-style decoder of n blocks of the teacher's width, randomly
   initialised, with the teacher's embedding (frozen, tied head) and final norm copied —
   it shares the tokenizer and everything that is not its own blocks.
@@ -76,18 +81,55 @@ def _copy(params: Params) -> Params:
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, F32), p)
 
 
+def parse_blocks(spec: str) -> tuple[int, ...]:
+    """'0-19.24-29' -> (0, ..., 19, 24, ..., 29); UserError unless strictly increasing."""
+    out: list[int] = []
+    for part in spec.split("."):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UserError(f"bad block list {spec!r} (example: 0-19.24-29)")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise UserError(f"bad block range {part!r} in {spec!r}")
+        out.extend(range(a, b + 1))
+    if any(y <= x for x, y in zip(out, out[1:])):
+        raise UserError(f"block list {spec!r} must be strictly increasing")
+    return tuple(out)
+
+
+def blocks_spec(blocks: tuple[int, ...]) -> str:
+    """The inverse of parse_blocks: runs of consecutive blocks joined by '.'."""
+    runs: list[list[int]] = []
+    for b in blocks:
+        if runs and b == runs[-1][1] + 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    return ".".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Truncated:
-    """The first `layers` blocks; `train` in {"all", "last", "norms", "lora"}; `last` blocks
-    for "last"; `rank` of the low-rank adapters for "lora" (with the norms)."""
+    """The first `layers` blocks (or the blocks `keep` when given); `train` in {"all",
+    "last", "norms", "lora"}; `last` blocks for "last"; `rank` of the low-rank adapters
+    for "lora" (with the norms)."""
 
     layers: int
     train: str = "all"
     last: int = 0
     rank: int = 0
+    keep: tuple[int, ...] | None = None
 
     def build(self, config: ModelConfig, params: Params, key: jax.Array) -> Student:
-        cfg, p = arch.truncate_params(config, params, self.layers)
+        if self.keep is None:
+            cfg, p = arch.truncate_params(config, params, self.layers)
+        else:
+            if not self.keep or self.keep[-1] >= config.n_layers:
+                raise UserError(f"student preset {self.name}: the teacher has only "
+                                f"{config.n_layers} layers (blocks 0..{config.n_layers - 1})")
+            cfg = config.replace(n_layers=len(self.keep))
+            p = dict(params)
+            p["layers"] = [params["layers"][i] for i in self.keep]
         p = _copy(p)
         first = self.layers - self.last if self.train == "last" else 0
         if self.train == "lora":
@@ -111,8 +153,9 @@ class Truncated:
 
     @property
     def name(self) -> str:
-        return f"trunc{self.layers}" + {"all": "", "norms": "-norms", "lora": f"-lora{self.rank}",
-                                        "last": f"-last{self.last}"}[self.train]
+        head = f"trunc{self.layers}" if self.keep is None else f"keep{blocks_spec(self.keep)}"
+        return head + {"all": "", "norms": "-norms", "lora": f"-lora{self.rank}",
+                       "last": f"-last{self.last}"}[self.train]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +190,8 @@ class Fresh:
         return f"fresh{self.layers}" + (f"-ff{self.d_ff}" if self.d_ff else "")
 
 
-_PRESET = re.compile(r"^(?:trunc(\d+)(?:-(all|norms|last(\d+)|lora(\d+)))?|fresh(\d+)(?:-ff(\d+))?)$")
+_PRESET = re.compile(r"^(?:(?:trunc(\d+)|keep(\d+(?:-\d+)?(?:\.\d+(?:-\d+)?)*))"
+                     r"(?:-(all|norms|last(\d+)|lora(\d+)))?|fresh(\d+)(?:-ff(\d+))?)$")
 
 
 def parse_preset(name: str):
@@ -155,23 +199,32 @@ def parse_preset(name: str):
     m = _PRESET.match(name.strip())
     if not m:
         raise UserError(f"unknown student preset {name!r} (examples: trunc8, trunc8-last2, "
-                        "trunc8-norms, trunc8-lora16, fresh2, fresh2-ff1024)")
-    if m.group(1):
-        k, mode, last = int(m.group(1)), m.group(2) or "all", m.group(3)
+                        "trunc8-norms, trunc8-lora16, keep0-19.24-29-lora16, fresh2, "
+                        "fresh2-ff1024)")
+    if m.group(1) or m.group(2):
+        keep = None
+        if m.group(1):
+            k = int(m.group(1))
+        else:
+            keep = parse_blocks(m.group(2))
+            k = len(keep)
+            if keep == tuple(range(k)):
+                keep = None  # keep0-{k-1} is trunc{k}
+        mode, last = m.group(3) or "all", m.group(4)
         if k < 1:
             raise UserError(f"student preset {name!r}: needs at least one layer")
         if mode.startswith("last"):
             n = int(last)
             if not 1 <= n <= k:
                 raise UserError(f"student preset {name!r}: last{n} must be in [1, {k}]")
-            return Truncated(k, "last", n)
+            return Truncated(k, "last", n, keep=keep)
         if mode.startswith("lora"):
-            r = int(m.group(4))
+            r = int(m.group(5))
             if r < 1:
                 raise UserError(f"student preset {name!r}: the LoRA rank must be >= 1")
-            return Truncated(k, "lora", rank=r)
-        return Truncated(k, mode)
-    n, ff = int(m.group(5)), int(m.group(6) or 0)
+            return Truncated(k, "lora", rank=r, keep=keep)
+        return Truncated(k, mode, keep=keep)
+    n, ff = int(m.group(6)), int(m.group(7) or 0)
     if n < 1:
         raise UserError(f"student preset {name!r}: needs at least one layer")
     return Fresh(n, ff)
@@ -180,7 +233,11 @@ def parse_preset(name: str):
 def build_student(preset: str | Any, teacher_config: ModelConfig, teacher_params: Params,
                   seed: int = 0) -> Student:
     preset = parse_preset(preset) if isinstance(preset, str) else preset
-    if isinstance(preset, Truncated) and preset.layers > teacher_config.n_layers:
+    if isinstance(preset, Truncated) and preset.keep is not None:
+        if preset.keep[-1] >= teacher_config.n_layers:
+            raise UserError(f"student preset {preset.name}: the teacher has only "
+                            f"{teacher_config.n_layers} layers (blocks 0..{teacher_config.n_layers - 1})")
+    elif isinstance(preset, Truncated) and preset.layers > teacher_config.n_layers:
         raise UserError(f"student preset {preset.name}: the teacher has only "
                         f"{teacher_config.n_layers} layers")
     return preset.build(teacher_config, teacher_params, jax.random.PRNGKey(seed))

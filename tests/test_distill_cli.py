@@ -93,3 +93,28 @@ def test_corpus_windows_are_deterministic(monkeypatch, tmp_path):
     w1 = data.corpus_windows(Tok(), 16, 5, seed=1)
     w2 = data.corpus_windows(Tok(), 16, 5, seed=1)
     assert w1.shape == (5, 17) and np.array_equal(w1, w2)
+
+
+def test_lora_delta_of_a_keep_preset_falls_back_to_float16(tiny_folder, tmp_path, monkeypatch):
+    """A delta too large for DELTA_LIMIT in float32 ships in float16; both rebuild."""
+    from distill import export, students
+    from pspec_jax.models import load_model
+
+    teacher = load_model(tiny_folder("teacher", n_layers=3, max_seq_len=256, std=0.3))
+    st = students.build_student("keep0.2-lora2", teacher.config, teacher.params)
+    trained, base = st.split()
+    trained = {k: (v + 0.01 if k.endswith("['b']") else v) for k, v in trained.items()}
+    params = students.effective(students.merge(trained, base))
+    f32 = sum(np.asarray(v).size * 4 for v in trained.values())
+    monkeypatch.setattr(export, "DELTA_LIMIT", f32 - 1)
+    out = export.save_drafter(tmp_path / "d", st.config, params, teacher.tokenizer,
+                              {"student": st.name, "seed": 0}, trained=trained)
+    from safetensors.numpy import load_file
+
+    got = load_file(str(out / export.DELTA))
+    assert all(v.dtype == np.float16 for v in got.values())
+    assert (out / export.DELTA).stat().st_size < f32
+    monkeypatch.setattr(export, "DELTA_LIMIT", 64)  # nothing fits: no delta at all
+    out2 = export.save_drafter(tmp_path / "e", st.config, params, teacher.tokenizer,
+                               {"student": st.name, "seed": 0}, trained=trained)
+    assert not (out2 / export.DELTA).exists()

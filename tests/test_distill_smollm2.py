@@ -38,3 +38,34 @@ def test_untrained_truncated_drafter_alpha_is_low(smollm2, capsys):
     assert cli.main(["eval-acceptance", "--public", "trunc8", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.02 < res["acceptance_rate"] < 0.15
+
+
+def test_default_drafter_is_rebuilt_when_the_shipped_delta_changes(smollm2, tmp_path, monkeypatch):
+    from distill import export, students
+
+    private, _ = smollm2
+    st = students.build_student("keep0.3-lora2", private.config, private.params, seed=0)
+    trained, base = st.split()
+    meta = {"teacher": "DEFAULT", "student": st.name, "seed": 0}
+
+    def ship(shift):
+        t = {k: (v + shift if k.endswith("['b']") else v) for k, v in trained.items()}
+        export.save_drafter(tmp_path / "ship", st.config, students.effective(students.merge(t, base)),
+                            private.tokenizer, meta, trained=t)
+
+    home = tmp_path / "home" / "default"
+    monkeypatch.setattr(export, "SHIPPED", tmp_path / "ship")
+    monkeypatch.setattr(export, "default_drafter_dir", lambda: home)
+    ship(0.01)
+    a = export.default_drafter(quiet=True)  # built from the delta on first use
+    assert a.config.n_layers == 2 and export.read_meta(home)["delta_sha256"] == export.delta_hash(tmp_path / "ship")
+    ids = np.asarray([[1, 2, 3, 4]], np.int32)
+    la = np.asarray(a.forward(ids)[0])
+    ship(0.02)
+    lb = np.asarray(export.default_drafter(quiet=True).forward(ids)[0])  # stale: rebuilt
+    assert not np.array_equal(la, lb)
+    m = export.read_meta(home)
+    m.pop("delta_sha256")  # a folder the user's own `pspec distill --out` wrote: kept
+    (home / export.META).write_text(json.dumps(m))
+    ship(0.03)
+    np.testing.assert_array_equal(np.asarray(export.default_drafter(quiet=True).forward(ids)[0]), lb)

@@ -107,6 +107,23 @@ def test_presets_choose_what_trains():
             students.build_student(bad, m.config, m.params)
 
 
+def test_keep_preset_takes_the_named_blocks():
+    m = tiny_model("llama", seed=0, n_layers=5)
+    st = students.build_student("keep0-1.4-lora2", m.config, m.params)
+    assert st.name == "keep0-1.4-lora2" and st.config.n_layers == 3
+    for j, i in enumerate((0, 1, 4)):
+        np.testing.assert_array_equal(np.asarray(st.params["layers"][j]["q"]["w"]),
+                                      np.asarray(m.params["layers"][i]["q"]["w"]))
+    assert sorted({k.split("'")[3].split(".")[0] for k in st.split()[0] if k.startswith("['lora']")}) \
+        == ["0", "1", "2"]
+    assert students.parse_preset("keep0-2").name == "trunc3"  # a prefix is a truncation
+    assert students.parse_blocks("0-2.5.7-8") == (0, 1, 2, 5, 7, 8)
+    assert students.blocks_spec((0, 1, 2, 5, 7, 8)) == "0-2.5.7-8"
+    for bad in ("keep2-1", "keep1.1", "keep0-5", "keep0.x"):
+        with pytest.raises(UserError):
+            students.build_student(bad, m.config, m.params)
+
+
 def test_tokens_per_step_and_self_acceptance(setup):
     teacher, _, es, _ = setup
     assert evaluate.tokens_per_step(0.0, 4) == 1.0
@@ -161,3 +178,20 @@ def test_time_limit_stops_early_with_a_checkpoint(setup, tmp_path):
     res = train.train(student, pool, tc, ckpt_dir=tmp_path, deadline=time.time() - 1, progress=False)
     assert res.steps == 1 and len(res.losses) == 1
     assert train.Checkpoints(tmp_path).latest() == 1
+
+
+def test_greedy_block_drop_and_its_proxy(setup):
+    """The proxy is α against the cached targets (1 for the teacher itself: full rows
+    here, vocab 64 = k); greedy dropping keeps block 0 and shrinks one block at a time."""
+    from distill import blocks
+
+    teacher, pool, es, _ = setup
+    b = pool.batch(np.arange(16))
+    full = blocks.proxy_alpha(teacher.config, teacher.params, [0, 1, 2], b)
+    assert full == pytest.approx(1.0, abs=1e-4)
+    hist = blocks.greedy_drop(teacher.config, teacher.params, b, 1)
+    assert [len(k) for k, _ in hist] == [2, 1] and all(k[0] == 0 for k, _ in hist)
+    assert all(0.0 <= s <= 1.0 for _, s in hist)
+    keep, s = hist[0]
+    st = students.build_student("keep" + students.blocks_spec(tuple(keep)), teacher.config, teacher.params)
+    assert blocks.proxy_alpha(st.config, st.params, list(range(len(keep))), b) == pytest.approx(s, abs=1e-5)

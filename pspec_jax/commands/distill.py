@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="DEFAULT",
                    help="the private model: DEFAULT (SmolLM2-135M-Instruct) or a model folder/GGUF")
     p.add_argument("--student", default="trunc8",
-                   help="drafter preset: trunc{k}[-all|-last{n}|-norms] or fresh{n}[-ff{F}]")
+                   help="drafter preset: trunc{k}[-all|-last{n}|-norms|-lora{r}], keep{blocks}[-...] "
+                        "(e.g. keep0-13.20-29-lora16: blocks 0..13 and 20..29) or fresh{n}[-ff{F}]")
     p.add_argument("--loss", choices=("tv", "fkl", "rkl", "jsd"), default="tv")
     p.add_argument("--data", choices=("corpus", "teacher", "onpolicy"), default="teacher")
     p.add_argument("--tokens", type=int, default=100_000,
