@@ -107,19 +107,18 @@ def load_private(args: argparse.Namespace):
 
 def default_drafter(private):
     """The drafter used when none is named: for the default private model, the distilled
-    one at $PSPEC_HOME/drafters/default when `pspec distill` made it, else (and for any
+    one (`distill.export.default_drafter`: built once into $PSPEC_HOME/drafters/default
+    from the shipped deltas, or the one `pspec distill` wrote there), else (and for any
     other private model) the private model truncated to DEFAULT_DRAFTER_LAYERS layers."""
-    from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_model
+    from pspec_jax.models import DEFAULT_DRAFTER_LAYERS
 
     if private.name == "smollm2-135m-instruct":
         try:
-            from distill.export import default_drafter_dir
-
-            d = default_drafter_dir()
-            if (d / "config.json").exists():
-                return load_model(d, name="distilled-drafter")
+            from distill.export import default_drafter as distilled
         except ImportError:
-            pass
+            distilled = None
+        if distilled is not None:
+            return distilled()
     return private.truncated(min(DEFAULT_DRAFTER_LAYERS, private.config.n_layers))
 
 
