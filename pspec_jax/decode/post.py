@@ -36,9 +36,9 @@ import mpc
 from mpc.protocols.rejection import PRIVACY_MODES, greedy_verify, speculative_verify
 from pspec_jax.decode.accept import residual
 from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids, prefill, token_buffer
-from pspec_jax.decode.costs import CostReport, profile
+from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, sample, step_key
-from pspec_jax.decode.secure import _slice, check_secure_sampling, report_text
+from pspec_jax.decode.secure import _slice, check_network, check_secure_sampling, finish_cli
 from pspec_jax.decode.spec import check_pair, draft_tokens
 from pspec_jax.errors import UserError
 
@@ -221,24 +221,10 @@ def _scoped(ledger: mpc.Ledger, label: str) -> mpc.Ledger:
 def run_generate(req) -> GenerationResult:
     """`pspec generate --mode post` (see pspec_jax.commands.generate)."""
     args = req.args
-    try:
-        mpc.network(args.network)  # validate early
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    check_network(args)
     if args.privacy not in PRIVACY_MODES:
         raise UserError(f"unknown --privacy {args.privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
     res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
                         req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
-    ledger = res.extra.pop("_ledger")
-    res.extra["network"] = args.network
-    if args.profile:
-        res.extra["profile"] = profile(ledger)
-    if not args.json:
-        print("\n" + report_text(res))
-        share = res.extra["verify_share"]
-        print("  verification share of the decode steps' modelled time: "
-              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
-        if args.profile:
-            for k, v in list(res.extra["profile"]["by_op"].items())[:15]:
-                print(f"  {k:32s} {v['bytes_per_party']:>14,} B  {v['rounds']:>6} rounds")
-    return res
+    share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res.extra["verify_share"].items())
+    return finish_cli(res, args, (f"  verification share of the decode steps' modelled time: {share}",))

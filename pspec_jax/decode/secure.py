@@ -119,22 +119,34 @@ def report_text(res: GenerationResult) -> str:
         "secure_passes", "compute_s", "bytes_per_party", "rounds", "modeled_s", "per_token")}, f"[{res.mode}] costs")
 
 
-def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode secure` (see pspec_jax.commands.generate)."""
-    args = req.args
+def check_network(args) -> None:
+    """Validate `--network` before any secure work (a bad preset is a one-line error)."""
     try:
-        mpc.network(args.network)  # validate early
+        mpc.network(args.network)
     except ValueError as err:
         raise UserError(str(err)) from None
-    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
-                          req.eos_id, req.on_tokens)
+
+
+def finish_cli(res: GenerationResult, args, lines: tuple[str, ...] = ()) -> GenerationResult:
+    """The secure modes' CLI epilogue: drop the ledger from the result, add the network and
+    (`--profile`) the per-op profile, and print the cost table plus `lines` unless --json."""
     ledger = res.extra.pop("_ledger")
     res.extra["network"] = args.network
     if args.profile:
         res.extra["profile"] = profile(ledger)
     if not args.json:
         print("\n" + report_text(res))
+        for line in lines:
+            print(line)
         if args.profile:
             for k, v in list(res.extra["profile"]["by_op"].items())[:15]:
                 print(f"  {k:32s} {v['bytes_per_party']:>14,} B  {v['rounds']:>6} rounds")
     return res
+
+
+def run_generate(req) -> GenerationResult:
+    """`pspec generate --mode secure` (see pspec_jax.commands.generate)."""
+    check_network(req.args)
+    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
+                          req.eos_id, req.on_tokens)
+    return finish_cli(res, req.args)
