@@ -166,28 +166,34 @@ def test_secure_forward_fidelity_teacher_forced_on_smollm2(smollm2):
 
 # A verification step of POST: T = 5 new tokens at a context of 64, on a fresh session.
 MEMORY_PROBE = r"""
-import json, resource, time
+import json, time
 import pspec_jax  # x64
 import jax.numpy as jnp
 from pspec_jax.models import load_default_private
 from pspec_jax.secure import SecureSession
 
+def peak_rss_kb():
+    # VmHWM is this process's own high-water mark; ru_maxrss would carry the parent's
+    # peak across fork + exec (Linux keeps signal->maxrss), i.e. the pytest process's.
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1])
+
 bundle = load_default_private()
-rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_model = peak_rss_kb()
 session = SecureSession(bundle.config, bundle.params, max_len=64 + 5)
-rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_setup = peak_rss_kb()
 session.cache = session.cache.rollback(64)  # context 64: a pass's cost depends on shapes only
 t0 = time.perf_counter()
 session.forward(jnp.arange(5, dtype=jnp.int32))
 t1 = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_rss_kb()
 print(json.dumps({"peak_rss_kb": peak, "after_load_kb": rss_model, "after_setup_kb": rss_setup,
                   "step_s": round(t1 - t0, 1), "length": session.length}))
 """
 
 
 def measure_verification_step_memory() -> dict:
-    """Peak RSS (ru_maxrss, KiB) of a fresh process that loads SmolLM2, builds a secure
+    """Peak RSS (VmHWM, KiB) of a fresh process that loads SmolLM2, builds a secure
     session and runs one T = 5 step at context 64 (compilation included)."""
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True,
                          cwd=ROOT, env={**__import__("os").environ, "PSPEC_NO_JIT_CACHE": "1"})
