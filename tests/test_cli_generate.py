@@ -155,7 +155,8 @@ def test_generate_default_pair_json(capsys, smollm2):
 def test_demo_and_fetch(capsys, smollm2):
     rc, out, err = _run(capsys, "fetch")
     assert rc == 0 and "smollm2-135m-instruct" in out
-    rc, out, err = _run(capsys, "demo", "--max-new-tokens", "8")
+    rc, out, err = _run(capsys, "demo", "--mode", "spec", "--max-new-tokens", "8")
     assert rc == 0, err
-    assert "α =" in out and "Once upon a time, the city of Nova Haven" in out
+    assert "prompt: 'Once upon a time'" in out and ", the city of Nova Haven" in out
+    assert "tokens/step" in err and "α " in err
     assert "same tokens" in out

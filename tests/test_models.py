@@ -50,6 +50,24 @@ def test_one_at_a_time_chunked_and_full_forward_agree(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_folding_norm_scales_keeps_the_function(family):
+    """`fold_norm_scales` (what the secure session runs on) computes the same logits; only
+    the final norm keeps its scale (it feeds the tied head)."""
+    from pspec_jax.models.arch import fold_norm_scales
+
+    m = tiny_model(family, seed=5, std=0.3, attention_bias=(family == "llama"))  # norms and biases random
+    ids = _ids(7, m.config.vocab_size, seed=3)
+    folded = fold_norm_scales(m.config, m.params)
+    assert all(layer[n]["scale"] is None and layer[n].get("bias") is None
+               for layer in folded["layers"] for n in ("attn_norm", "mlp_norm"))
+    assert folded["final_norm"]["scale"] is not None
+    ref, _ = forward(m.config, m.params, ids)
+    got, _ = forward(m.config, folded, ids)
+    assert float(jnp.max(jnp.abs(ref))) > 1.0
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_rollback_then_append_equals_fresh_prefix(family):
     m = tiny_model(family, seed=4, std=0.3)
     ids = _ids(9, m.config.vocab_size, seed=1)
@@ -128,6 +146,8 @@ def _unwrap(x):
         return x.a
     if isinstance(x, dict):
         return {k: _unwrap(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_unwrap(v) for v in x]
     return x
 
 
@@ -146,7 +166,7 @@ class RestrictedOps:
             out = fn(*[_unwrap(a) for a in args], **{k: _unwrap(v) for k, v in kw.items()})
             if name == "attention":
                 return out[0], Restricted(out[1])
-            if name == "linear_many":
+            if name in ("linear_many", "rope_many"):
                 return [Restricted(o) for o in out]
             if name == "new_layer_cache":
                 return out
@@ -167,7 +187,7 @@ def test_architecture_touches_activations_only_through_ops(family):
     got = jnp.concatenate([out.a, out2.a], axis=1)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     expected = {"embed", "linear", "linear_many", "attention", "new_layer_cache"}
-    expected |= {"layernorm", "gelu"} if family == "gpt2" else {"rmsnorm", "silu", "mul", "rope"}
+    expected |= {"layernorm", "gelu"} if family == "gpt2" else {"rmsnorm", "silu", "mul", "rope_many"}
     assert expected <= ops.calls
 
 

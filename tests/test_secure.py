@@ -40,16 +40,18 @@ def test_secure_forward_matches_plain_with_cache_and_rollback(model_and_session)
 def _client_linear_elements(config, T: int) -> int:
     """Σ m·k over the pass's products with server weights (the client's masked inputs,
     8 bytes each; layers sharing an input count once): embedding one-hot rows, per layer
-    q/k/v, o, (gate/up | fc), (down | proj), two norm scales, the final norm scale, head."""
+    q/k/v, o, (gate/up | fc), (down | proj), the final norm scale, head. The blocks' norm
+    scales are folded into q/k/v and gate/up | fc (`arch.fold_norm_scales`): no product."""
     d, F, V = config.d_model, config.d_ff, config.vocab_size
-    per_layer = T * d + T * config.n_heads * config.head_dim + T * d + T * F + 2 * T * d
+    per_layer = T * d + T * config.n_heads * config.head_dim + T * d + T * F
     pos = T * config.max_seq_len if config.family == "gpt2" else 0  # one-hot positions
     return T * V + pos + config.n_layers * per_layer + T * d + T * d
 
 
 def test_weight_bytes_of_a_step_equal_the_formula(model_and_session):
     b, sess = model_and_session
-    n_weights = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(b.params)
+    folded = arch.fold_norm_scales(b.config, b.params)  # what the server prepares
+    n_weights = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(folded)
                     if str(path[-1]) not in ("['b']", "['bias']"))
     assert sess.ledger.totals("setup").bytes1 == 8 * n_weights  # each weight opened once, masked
     for T, chunk in ((3, IDS[:, :3]), (1, IDS[:, 3:4])):

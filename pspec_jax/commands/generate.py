@@ -190,12 +190,21 @@ def summary_line(res) -> str:
              f"({_fmt(res.tokens_per_second, '.1f')} tok/s after the first step; prefill "
              f"{res.prefill_seconds:.2f} s, first step {res.first_step_seconds:.2f} s)",
              f"{res.steps} steps", f"{_fmt(res.tokens_per_step, '.2f')} tokens/step"]
+    if res.alpha_per_step:  # needs the private distribution in the clear: not in post
+        parts.append(f"α {_fmt(res.alpha)}")
     if res.drafted:
-        parts += [f"α {_fmt(res.alpha)}", f"acceptance {_fmt(res.acceptance_rate)}"]
+        parts.append(f"acceptance {_fmt(res.acceptance_rate)}")
     return ", ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
+    generate(args)
+    return 0
+
+
+def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
+    """Run one generation as the command line asked (streaming or --json) and return the
+    result with the request it ran (`pspec demo` checks it against plain decoding)."""
     import pspec_jax  # noqa: F401  (x64 flag)
     from pspec_jax.decode import Sampling
     from pspec_jax.decode.common import enable_compilation_cache
@@ -229,4 +238,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         print(summary_line(res), file=sys.stderr)
-    return 0
+    return res, req

@@ -68,8 +68,7 @@ def attention_block(config: ModelConfig, p: Params, h: Any, layer_cache: Any,
     q, k, v = ops.linear_many(h, [(p[n]["w"], p[n].get("b")) for n in ("q", "k", "v")])
     q, k, v = q.reshape(B, T, H, D), k.reshape(B, T, K, D), v.reshape(B, T, K, D)
     if rope is not None:
-        q = ops.rope(q, *rope)
-        k = ops.rope(k, *rope)
+        q, k = ops.rope_many([q, k], *rope)
     layer_cache, a = ops.attention(q, k, v, layer_cache, start)  # a: (B, T, H, D)
     return layer_cache, _lin(ops, a.reshape(B, T, H * D), p["o"])
 
@@ -217,6 +216,40 @@ def randomize_norms(params: Params, key: jax.Array, spread: float = 0.2) -> Para
     noise = iter(_normal_chunks(key, shapes, spread))
     out = [(leaf + next(noise)).astype(F32) if picked(path) else leaf for path, leaf in leaves]
     return jax.tree_util.tree_unflatten(tree, out)
+
+
+# The linear layers each per-layer norm feeds (the final norm feeds the head, which is the
+# embedding when tied: not folded, the table is used for both).
+_NORM_CONSUMERS = {"gpt2": {"attn_norm": ("q", "k", "v"), "mlp_norm": ("fc",)},
+                   "llama": {"attn_norm": ("q", "k", "v"), "mlp_norm": ("gate", "up")}}
+
+
+def fold_norm_scales(config: ModelConfig, params: Params) -> Params:
+    """The same function with each block's norm scale γ (and bias β) folded into the
+    linear layers it feeds: (x̂·γ + β) W + b = x̂ (diag(γ) W) + (β W + b). The folded
+    norms have scale (and bias) None, which the backends skip. Under 2PC this removes
+    the norm's product with the server's γ (2 rounds per norm, 4 per block) and one
+    truncation error; the server does it once on its own weights. Computed in float64,
+    stored as float32.
+    """
+    consumers = _NORM_CONSUMERS[config.family]
+    layers = []
+    for i in range(config.n_layers):
+        layer = dict(params["layers"][i])
+        for norm_name, linear_names in consumers.items():
+            norm = layer[norm_name]
+            g = np.asarray(norm["scale"], np.float64)
+            beta = None if norm.get("bias") is None else np.asarray(norm["bias"], np.float64)
+            for name in linear_names:
+                w = np.asarray(layer[name]["w"], np.float64)
+                folded = {"w": jnp.asarray(g[:, None] * w, F32)}
+                if beta is not None or layer[name].get("b") is not None:
+                    b = np.zeros(w.shape[1]) if layer[name].get("b") is None else np.asarray(layer[name]["b"], np.float64)
+                    folded["b"] = jnp.asarray(b + (beta @ w if beta is not None else 0.0), F32)
+                layer[name] = folded
+            layer[norm_name] = {"scale": None, "bias": None} if "bias" in norm else {"scale": None}
+        layers.append(layer)
+    return {**params, "layers": layers}
 
 
 def truncate_params(config: ModelConfig, params: Params, num_layers: int) -> tuple[ModelConfig, Params]:

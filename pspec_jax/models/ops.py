@@ -48,10 +48,11 @@ class Ops(Protocol):
         exchange."""
 
     def layernorm(self, x: Any, scale: Any, bias: Any, eps: float) -> Any:
-        """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (biased var)."""
+        """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (biased var);
+        scale / bias None: skipped (folded into the next linear layer)."""
 
     def rmsnorm(self, x: Any, scale: Any, eps: float) -> Any:
-        """x / sqrt(mean(x^2) + eps) * scale over the last axis."""
+        """x / sqrt(mean(x^2) + eps) * scale over the last axis (scale None: skipped)."""
 
     def gelu(self, x: Any) -> Any:
         """GPT-2's tanh GeLU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
@@ -65,9 +66,11 @@ class Ops(Protocol):
     def scale(self, x: Any, c: float) -> Any:
         """x times a public constant."""
 
-    def rope(self, x: Any, cos: jax.Array, sin: jax.Array) -> Any:
-        """Rotary embedding, HF layout (rotate_half): x (B, T, h, D), public cos/sin (T, D)
-        -> x*cos + rotate_half(x)*sin with rotate_half(x) = [-x[D/2:], x[:D/2]]."""
+    def rope_many(self, xs: list[Any], cos: jax.Array, sin: jax.Array) -> list[Any]:
+        """Rotary embedding, HF layout (rotate_half), of each x (B, T, h, D) in xs (queries
+        and keys) with public cos/sin (T, D): x*cos + rotate_half(x)*sin with
+        rotate_half(x) = [-x[D/2:], x[:D/2]]. A secure backend truncates all in one
+        exchange."""
 
     def new_layer_cache(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int) -> Any:
         """An empty cache for one layer holding up to `max_len` rows (a pytree)."""
@@ -107,11 +110,14 @@ class PlainOps:
     def layernorm(self, x, scale, bias, eps):
         mu = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
-        return (x - mu) * jax.lax.rsqrt(var + F32(eps)) * scale + bias
+        y = (x - mu) * jax.lax.rsqrt(var + F32(eps))
+        y = y if scale is None else y * scale  # None: folded into the next linear layer
+        return y if bias is None else y + bias
 
     def rmsnorm(self, x, scale, eps):
         ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-        return x * jax.lax.rsqrt(ms + F32(eps)) * scale
+        y = x * jax.lax.rsqrt(ms + F32(eps))
+        return y if scale is None else y * scale
 
     def gelu(self, x):
         c = F32(math.sqrt(2.0 / math.pi))
@@ -126,10 +132,10 @@ class PlainOps:
     def scale(self, x, c):
         return x * F32(c)
 
-    def rope(self, x, cos, sin):
-        half = x.shape[-1] // 2
-        rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-        return x * cos[:, None, :] + rot * sin[:, None, :]
+    def rope_many(self, xs, cos, sin):
+        half = xs[0].shape[-1] // 2
+        return [x * cos[:, None, :] + jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin[:, None, :]
+                for x in xs]
 
     def new_layer_cache(self, batch, max_len, n_kv_heads, head_dim):
         z = jnp.zeros((batch, max_len, n_kv_heads, head_dim), F32)

@@ -146,14 +146,18 @@ class SecureOps:
     def mul(self, a: Shared, b: Shared) -> Shared:
         return L.mul_fixed(self.ctx, a, b)
 
-    def rope(self, x: Shared, cos: jax.Array, sin: jax.Array) -> Shared:
-        """x·cos + rotate_half(x)·sin with public tables: local products, one truncation."""
+    def rope_many(self, xs: list[Shared], cos: jax.Array, sin: jax.Array) -> list[Shared]:
+        """x·cos + rotate_half(x)·sin with public tables for each x (B, T, h_i, D):
+        local products, then one truncation of all heads together (1 round)."""
         fp = self.ctx.config.fixed
+        x = concatenate(xs, axis=2)  # heads side by side: the tables are per (T, D)
         half = x.shape[-1] // 2
         rot = concatenate([-x[..., half:], x[..., :half]], axis=-1)
         c, s = fp.encode(cos[:, None, :]), fp.encode(sin[:, None, :])  # (T, 1, D)
-        y = x.mul_public(c, frac=2 * self.frac) + rot.mul_public(s, frac=2 * self.frac)
-        return L.truncate(self.ctx, y, self.frac, op="rope")
+        y = L.truncate(self.ctx, x.mul_public(c, frac=2 * self.frac) + rot.mul_public(s, frac=2 * self.frac),
+                       self.frac, op="rope")
+        bounds = np.cumsum([0] + [xi.shape[2] for xi in xs])
+        return [y[:, :, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     # --- nonlinear -------------------------------------------------------------------
     def layernorm(self, x, scale, bias, eps):

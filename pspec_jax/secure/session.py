@@ -45,7 +45,9 @@ class SecureSession:
         self.ctx = mpc.Context(mpc_config, seed=seed)
         self.ops = SecureOps(self.ctx)
         t0 = time.perf_counter()
-        self.params = prepare_params(self.ctx, params)
+        # The server folds each block's norm scale into the linear layers after it (its own
+        # weights, exact in float): 4 rounds per block fewer, one truncation less.
+        self.params = prepare_params(self.ctx, arch.fold_norm_scales(config, params))
         self.setup_s = time.perf_counter() - t0
         self.max_len = config.max_seq_len if max_len is None else int(max_len)
         self.cache: KVCache = init_cache(config, 1, self.max_len, self.ops)
