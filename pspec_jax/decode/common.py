@@ -97,6 +97,15 @@ def enable_compilation_cache() -> None:
         pass  # a read-only home only costs compile time
 
 
+def clip_step_tokens(new: list[int], room: int, eos_id: int | None) -> tuple[list[int], bool]:
+    """A speculative step's tokens cut to the `room` left in the budget and just after the
+    first `eos_id`; and whether that eos came (the generation stops there)."""
+    new = new[:room]
+    if eos_id is not None and eos_id in new:
+        return new[: new.index(eos_id) + 1], True
+    return new, False
+
+
 def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 

@@ -7,7 +7,6 @@ fold_in(PRNGKey(seed), t).
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 

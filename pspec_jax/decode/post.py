@@ -35,7 +35,8 @@ import numpy as np
 import mpc
 from mpc.protocols.rejection import PRIVACY_MODES, greedy_verify, speculative_verify
 from pspec_jax.decode.accept import residual
-from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids, prefill, token_buffer
+from pspec_jax.decode.common import (GenerationResult, OnTokens, check_ids, clip_step_tokens, prefill,
+                                     token_buffer)
 from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, sample, step_key
 from pspec_jax.decode.secure import _slice, check_network, check_secure_sampling, finish_cli
@@ -171,10 +172,8 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         cache_d = cache_d.rollback(jnp.minimum(cache_d.length, length - 1))
         costs.draft_s += time.perf_counter() - ts
         accepted.append(n)
-        new = new[: max_new - len(out)]
-        if eos_id is not None and eos_id in new:
-            new = new[: new.index(eos_id) + 1]
-            stop = "eos"
+        new, eos = clip_step_tokens(new, max_new - len(out), eos_id)
+        stop = "eos" if eos else stop
         if t_first is None:
             t_first, first_tokens = time.perf_counter(), len(new)
         out.extend(new)

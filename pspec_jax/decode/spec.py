@@ -16,7 +16,6 @@ Cache invariants (B = 1; vmap the step for many independent runs):
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pspec_jax.decode.accept import SpeculativeRule, acceptance_alpha
-from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_ids, plan_lengths,
+from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_ids, clip_step_tokens, plan_lengths,
                                      prefill, token_buffer)
 from pspec_jax.decode.sampling import Sampling, sample, step_key
 from pspec_jax.errors import UserError
@@ -173,11 +172,8 @@ def generate_spec(private, drafter, prompt_ids: list[int], max_new_tokens: int =
             t_first, first_tokens = time.perf_counter(), min(n + 1, max_new)
         accepted.append(n)
         alphas.append(float(info.alpha))
-        new = [int(t) for t in info.emitted[: n + 1]]
-        new = new[: max_new - len(out)]
-        if eos_id is not None and eos_id in new:
-            new = new[: new.index(eos_id) + 1]
-            stop = "eos"
+        new, eos = clip_step_tokens([int(t) for t in info.emitted[: n + 1]], max_new - len(out), eos_id)
+        stop = "eos" if eos else stop
         out.extend(new)
         if on_tokens:
             on_tokens(new)
