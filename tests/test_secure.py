@@ -72,3 +72,45 @@ def test_secure_greedy_decoding_equals_plain(model_and_session):
     assert sec.tokens == plain.tokens
     assert sec.extra["secure_passes"] == 3 and sec.extra["rounds"] > 0
     assert set(sec.extra["modeled_s"]) == {"lan", "wan", "dc"}
+
+
+def _traced_rounds(ctx, fn, *shapes):
+    """Online rounds of fn(ctx, *shared inputs) from tracing alone (nothing runs)."""
+    from mpc.shares import Shared
+
+    with ctx.ledger.capture() as entries:
+        jax.jit(lambda *v: fn(ctx, *[Shared(a, ctx.config.frac_bits) for a in v])).lower(
+            *[jax.ShapeDtypeStruct((2, *s), jnp.uint64) for s in shapes])
+    return sum(e.rounds for e in entries if e.kind == "online")
+
+
+def test_a_block_costs_the_rounds_of_its_protocols(model_and_session):
+    """A decoding step's rounds per block = the sum of its protocols' rounds: norms without
+    their scales (folded), q/k/v in one linear (2), q and k in one RoPE truncation (1),
+    attention (append 1, QKᵀ 1 + truncation 1, softmax, PV 1 + truncation 1), o (2), the
+    MLP's linears (2 each; gate/up together) and its activation (SiLU × up: + 2)."""
+    from mpc.protocols import nonlinear as NL
+    from mpc.protocols import norm
+    from mpc.protocols.softmax import softmax
+
+    b, sess = model_and_session
+    c, ctx = b.config, sess.ctx
+    sess.rollback(0)
+    sess.forward(IDS[:, :3])
+    mark = sess.ledger.snapshot()
+    sess.forward(IDS[:, 3:4])
+    per_block = [sum(e.rounds for e in sess.ledger.since(mark).entries
+                     if e.kind == "online" and e.op.startswith(f"layer{i}/")) for i in range(c.n_layers)]
+    d, S, G = c.d_model, sess.max_len, c.n_heads // c.n_kv_heads
+    scores = (1, c.n_kv_heads, G, S)
+    attention = 1 + 2 + _traced_rounds(ctx, lambda ctx, x: softmax(ctx, x, mask=np.ones(scores[-2:], bool)), scores) + 2
+    if c.family == "llama":
+        normed = _traced_rounds(ctx, lambda ctx, x: norm.rmsnorm(ctx, x, None, c.norm_eps), (1, 1, d))
+        mlp = 2 + _traced_rounds(ctx, NL.silu, (1, 1, c.d_ff)) + 2 + 2
+        rope = 1
+    else:
+        normed = _traced_rounds(ctx, lambda ctx, x: norm.layernorm(ctx, x, None, None, c.norm_eps), (1, 1, d))
+        mlp = 2 + _traced_rounds(ctx, NL.gelu, (1, 1, c.d_ff)) + 2
+        rope = 0
+    expected = 2 * normed + 2 + rope + attention + 2 + mlp
+    assert per_block == [expected] * c.n_layers, (per_block, expected)
