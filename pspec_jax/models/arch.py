@@ -241,12 +241,12 @@ def fold_norm_scales(config: ModelConfig, params: Params) -> Params:
             g = np.asarray(norm["scale"], np.float64)
             beta = None if norm.get("bias") is None else np.asarray(norm["bias"], np.float64)
             for name in linear_names:
-                w = np.asarray(layer[name]["w"], np.float64)
-                folded = {"w": jnp.asarray(g[:, None] * w, F32)}
-                if beta is not None or layer[name].get("b") is not None:
-                    b = np.zeros(w.shape[1]) if layer[name].get("b") is None else np.asarray(layer[name]["b"], np.float64)
-                    folded["b"] = jnp.asarray(b + (beta @ w if beta is not None else 0.0), F32)
-                layer[name] = folded
+                w, b = np.asarray(layer[name]["w"], np.float64), layer[name].get("b")
+                layer[name] = {"w": jnp.asarray(g[:, None] * w, F32)}
+                if beta is not None:
+                    b = beta @ w + (0.0 if b is None else np.asarray(b, np.float64))
+                if b is not None:
+                    layer[name]["b"] = jnp.asarray(b, F32)
             layer[norm_name] = {"scale": None, "bias": None} if "bias" in norm else {"scale": None}
         layers.append(layer)
     return {**params, "layers": layers}
