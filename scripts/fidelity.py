@@ -22,8 +22,8 @@ is printed: this is the evaluation harness, run on public prompts.
 
     .venv/bin/python scripts/fidelity.py [--tokens 32] [--prompts 8] [--json out/fidelity.json]
 
-Cost: one secure pass per token (~6 s for SmolLM2 on 2 cores) — about 30 minutes for
-8 prompts x 32 tokens. The test suite's slow test (tests/test_secure_fidelity.py) checks
+Cost: one secure pass per token (~8 s for SmolLM2 on 2 cores, plus each prompt length's
+compilation) — 45 minutes and a 13 GB peak for 8 prompts x 32 tokens. The test suite's slow test (tests/test_secure_fidelity.py) checks
 the same positions by teacher forcing, in a few minutes.
 """
 
