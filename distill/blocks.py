@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import data
+from distill import data, losses
 from distill.students import blocks_spec
 from pspec_jax.models import arch
 
@@ -33,22 +33,16 @@ F32 = jnp.float32
 
 def proxy_alpha(config, params, keep: list[int], batch: dict[str, np.ndarray]) -> float:
     """The acceptance proxy of the drafter made of blocks `keep` on one pool batch."""
-    p = dict(params)
-    p["layers"] = [params["layers"][i] for i in keep]
-    return float(_proxy(config.replace(n_layers=len(keep)), p, jnp.asarray(batch["inputs"]),
-                        jnp.asarray(batch["idx"]), jnp.asarray(batch["prob"], F32),
-                        jnp.asarray(batch["mask"], F32)))
+    cfg, p = arch.keep_blocks(config, params, keep)
+    return float(_proxy(cfg, p, jnp.asarray(batch["inputs"]), jnp.asarray(batch["idx"]),
+                        jnp.asarray(batch["prob"], F32), jnp.asarray(batch["mask"], F32)))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _proxy(config, params, inputs, idx, prob, mask):
+    """α = 1 − TV on the target's support (top-k + rest bucket), masked mean."""
     logits, _ = arch.forward(config, params, inputs)
-    q = jax.nn.softmax(logits.astype(F32), -1)
-    qk = jnp.take_along_axis(q, idx, -1)
-    rest_q = jnp.clip(1.0 - qk.sum(-1), 0.0)
-    rest_p = jnp.clip(1.0 - prob.sum(-1), 0.0)
-    a = jnp.minimum(qk, prob).sum(-1) + jnp.minimum(rest_q, rest_p)
-    return (a * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return 1.0 - losses.distill_loss("tv", losses.Target(idx, prob), logits, mask)
 
 
 def greedy_drop(config, params, batch: dict[str, np.ndarray], target: int,

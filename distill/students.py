@@ -127,9 +127,7 @@ class Truncated:
             if not self.keep or self.keep[-1] >= config.n_layers:
                 raise UserError(f"student preset {self.name}: the teacher has only "
                                 f"{config.n_layers} layers (blocks 0..{config.n_layers - 1})")
-            cfg = config.replace(n_layers=len(self.keep))
-            p = dict(params)
-            p["layers"] = [params["layers"][i] for i in self.keep]
+            cfg, p = arch.keep_blocks(config, params, self.keep)
         p = _copy(p)
         first = self.layers - self.last if self.train == "last" else 0
         if self.train == "lora":
@@ -233,11 +231,8 @@ def parse_preset(name: str):
 def build_student(preset: str | Any, teacher_config: ModelConfig, teacher_params: Params,
                   seed: int = 0) -> Student:
     preset = parse_preset(preset) if isinstance(preset, str) else preset
-    if isinstance(preset, Truncated) and preset.keep is not None:
-        if preset.keep[-1] >= teacher_config.n_layers:
-            raise UserError(f"student preset {preset.name}: the teacher has only "
-                            f"{teacher_config.n_layers} layers (blocks 0..{teacher_config.n_layers - 1})")
-    elif isinstance(preset, Truncated) and preset.layers > teacher_config.n_layers:
+    # (a `keep` preset's blocks are checked against the teacher by Truncated.build)
+    if isinstance(preset, Truncated) and preset.keep is None and preset.layers > teacher_config.n_layers:
         raise UserError(f"student preset {preset.name}: the teacher has only "
                         f"{teacher_config.n_layers} layers")
     return preset.build(teacher_config, teacher_params, jax.random.PRNGKey(seed))

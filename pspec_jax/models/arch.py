@@ -257,9 +257,15 @@ def truncate_params(config: ModelConfig, params: Params, num_layers: int) -> tup
     if not 1 <= num_layers <= config.n_layers:
         from pspec_jax.errors import UserError
         raise UserError(f"drafter layers must be in [1, {config.n_layers}], got {num_layers}")
+    return keep_blocks(config, params, range(num_layers))
+
+
+def keep_blocks(config: ModelConfig, params: Params, blocks) -> tuple[ModelConfig, Params]:
+    """The network made of the blocks `blocks` (increasing indices) + final norm + head of
+    the same network (no copy): a layer-skipping drafter."""
     p = dict(params)
-    p["layers"] = [params["layers"][i] for i in range(num_layers)]
-    return config.replace(n_layers=num_layers), p
+    p["layers"] = [params["layers"][i] for i in blocks]
+    return config.replace(n_layers=len(p["layers"])), p
 
 
 def param_count(params: Params) -> int:
