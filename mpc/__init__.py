@@ -11,6 +11,8 @@ Layers, bottom up (none reaches sideways):
   context   the session (config, channel, dealer) and `secure_jit`
   protocols linear (mul, matmul, server-weight products, truncation), compare (msb, lt,
             relu, select), and the nonlinear functions built on them
+  transport real links between processes (framed numpy messages over mutual TLS 1.3,
+            network emulation); knows nothing of the layers above, imported on demand
 """
 
 import jax

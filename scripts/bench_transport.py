@@ -13,6 +13,7 @@ run the same schedule of `exchange` calls; this side times them:
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -108,7 +109,8 @@ def main() -> None:
         raw_srv.close()
         for lst in listeners.values():
             lst.close()
-    print(f"loopback, {args.rounds} rounds of 8-byte exchange (median), best of {args.repeats} for bulk")
+    print(f"loopback, {args.rounds} rounds of 8-byte exchange (median), best of {args.repeats} for bulk; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'link':8} {'round us':>9} {'overhead us':>12} " + " ".join(f"{m:>4} MiB MiB/s" for m in SIZES_MIB))
     print(f"{'tcp':8} {floor * 1e6:9.1f} {'-':>12}")
     for name, r in results.items():

@@ -437,6 +437,28 @@ def test_peer_closed_session():
         client.close()  # idempotent
 
 
+def test_close_wakes_a_blocked_recv():
+    with pair(timeout_s=5.0) as (client, server):
+        threading.Timer(0.2, server.close).start()
+        t0 = time.monotonic()
+        with pytest.raises(PeerGone):
+            server.recv()
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_accept_one_of_several_roles(keys):
+    with listen("127.0.0.1", 0, role="server", tls=TlsConfig.from_dir(keys, "server")) as lst:
+        dealer, server = _both(
+            lambda: connect("127.0.0.1", lst.port, role="dealer", peer_role="server",
+                            tls=TlsConfig.from_dir(keys, "dealer"), **HS),
+            lambda: lst.accept(peer_role=("client", "dealer"), **HS))
+    assert server.peer_role == "dealer" and dealer.peer_role == "server"
+    dealer.send([np.arange(3)])
+    np.testing.assert_array_equal(server.recv()[0], np.arange(3))
+    dealer.close()
+    server.close()
+
+
 def test_peer_vanishes_without_goodbye():
     with raw_client() as (sock, link):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
@@ -516,12 +538,24 @@ def test_emulated_latency_pipelines():
 def test_emulated_bandwidth():
     emu = NetworkEmulation(latency_s=0.0, bandwidth_bps=8e6)
     x = np.zeros(1_000_000, np.uint8)  # 1 MB at 8 Mbit/s: 1 s
-    with pair(emulate=emu) as (client, server):
+    # A timeout below the transmission time: the bytes trickle in, as on a real link.
+    with pair(emulate=emu, timeout_s=0.5) as (client, server):
         t0 = time.monotonic()
         got, _ = _both(lambda: client.exchange([x]), lambda: server.exchange([x]))
         elapsed = time.monotonic() - t0
     assert not isinstance(got, BaseException), got
     assert 0.85 <= elapsed <= 1.15, elapsed  # both directions at once: full duplex
+
+
+def test_emulated_exchange_costs_latency_plus_transfer():
+    emu = NetworkEmulation(latency_s=0.030, bandwidth_bps=40e6)
+    x = np.zeros(250_000, np.uint64)  # 2 MB: 0.4 s at 40 Mbit/s, + 30 ms
+    with pair(emulate=emu) as (client, server):
+        t0 = time.monotonic()
+        got, _ = _both(lambda: client.exchange([x]), lambda: server.exchange([x]))
+        elapsed = time.monotonic() - t0
+    assert not isinstance(got, BaseException), got
+    assert 0.43 * 0.85 <= elapsed <= 0.43 * 1.15, elapsed
 
 
 # --- pspec keygen ----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class LinkStats:
     bytes_payload_received: int = 0
     bytes_framing_received: int = 0
     bytes_wire_received: int = 0
-    bytes_handshake_sent: int = 0  # TLS handshake + hello, not in the counts above
+    bytes_handshake_sent: int = 0  # TLS handshake, hello and verdict: not in the counts above
     bytes_handshake_received: int = 0
 
 
@@ -57,19 +57,20 @@ class _Outgoing:
 
     frame: Frame | None
     raw: memoryview | None
-    due: float  # monotonic time before which it must not be written (emulation), else 0
+    start: float  # emulation: when the line starts transmitting it (else 0)
+    due: float  # emulation: when its last byte is delivered (else 0)
     payload_bytes: int
     framing_bytes: int
     messages: int
     done: bool = False  # written, or abandoned after a send error; guarded by Link._cv
 
 
-def _pieces(frame: Frame):
-    """The frame as writes of at most CHUNK bytes: small parts joined (fewer syscalls and
-    TLS records), large payloads sliced without copying."""
+def _pieces(frame: Frame, chunk: int = CHUNK):
+    """The frame as writes of at most `chunk` bytes: small parts joined (fewer syscalls
+    and TLS records), large payloads sliced without copying."""
     pending, size = [frame.head], len(frame.head)
     for p in frame.payloads:
-        if len(p) <= _COALESCE_BYTES and size + len(p) <= CHUNK:
+        if len(p) <= _COALESCE_BYTES and size + len(p) <= chunk:
             pending.append(p)
             size += len(p)
             continue
@@ -79,8 +80,8 @@ def _pieces(frame: Frame):
         if len(p) <= _COALESCE_BYTES:
             pending, size = [p], len(p)
             continue
-        for off in range(0, len(p), CHUNK):
-            yield p[off:off + CHUNK]
+        for off in range(0, len(p), chunk):
+            yield p[off:off + chunk]
     if pending:
         yield b"".join(pending)
 
@@ -105,6 +106,8 @@ class Link:
         self._send_error: TransportError | None = None
         self._recv_error: TransportError | None = None
         self._line_free_at = 0.0  # emulation: when this direction's line finishes its last message
+        # Emulation writes in pieces of ~10 ms of line time, so long messages trickle.
+        self._chunk = CHUNK if emulate is None else int(min(CHUNK, max(16 << 10, emulate.bandwidth_bps / 800)))
         self._closed = False
         self._sender = threading.Thread(target=self._send_loop, daemon=True,
                                         name=f"pspec-link-{role}-to-{peer_role}")
@@ -117,7 +120,11 @@ class Link:
         self._post(DATA, arrays, copy=True)
 
     def exchange(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Send mine and receive theirs in one round (both sides call it)."""
+        """Send mine and receive theirs in one round (both sides call it).
+
+        `arrays` are not copied: it returns after they are written. If it raises, they
+        may still be in use until `flush()` returns or the link is closed.
+        """
         item = self._post(DATA, arrays, copy=False)  # no copy: we wait for the write below
         theirs = self.recv()
         self._await(item)
@@ -138,10 +145,10 @@ class Link:
             frame = encode(kind, self.session_id, self._send_counter, arrays, copy=copy,
                            max_message_bytes=self.max_message_bytes)
             self._send_counter += 1
-            item = _Outgoing(frame, None, 0.0, frame.payload_bytes, frame.framing_bytes, int(kind == DATA))
-            if self.emulate is not None:
-                now = time.monotonic()
-                self._line_free_at = max(now, self._line_free_at) + frame.nbytes * 8.0 / self.emulate.bandwidth_bps
+            item = _Outgoing(frame, None, 0.0, 0.0, frame.payload_bytes, frame.framing_bytes, int(kind == DATA))
+            if self.emulate is not None:  # the line serialises messages; latency overlaps them
+                item.start = max(time.monotonic(), self._line_free_at)
+                self._line_free_at = item.start + frame.nbytes * 8.0 / self.emulate.bandwidth_bps
                 item.due = self._line_free_at + self.emulate.latency_s
             with self._cv:
                 if self._send_error is not None:
@@ -179,14 +186,18 @@ class Link:
                     return
                 item = self._queue[0]  # stays queued while written: the fast path sees a busy line
             try:
-                while (delay := item.due - time.monotonic()) > 0:
-                    time.sleep(min(delay, 0.05))  # short naps so an aborting close is seen
-                    if self._send_error is not None:
-                        raise self._send_error
                 if item.raw is not None:
                     self._wire.send_raw(item.raw)
                 else:
-                    for piece in _pieces(item.frame):
+                    sent = 0
+                    for piece in _pieces(item.frame, self._chunk):
+                        sent += len(piece)
+                        if self.emulate is not None:
+                            # Each chunk leaves when the emulated line would have delivered
+                            # it, so a long message trickles in as on a real link (and the
+                            # receiver's timeout counts from the last byte, not the first).
+                            self._sleep_until(item.start + sent * 8.0 / self.emulate.bandwidth_bps
+                                              + self.emulate.latency_s)
                         self._wire.write(piece)
             except TransportError as err:
                 self._fail_sender(err)
@@ -199,6 +210,12 @@ class Link:
                 item.done = True
                 self._account(item)
                 self._cv.notify_all()
+
+    def _sleep_until(self, t: float) -> None:
+        while (delay := t - time.monotonic()) > 0:
+            time.sleep(min(delay, 0.05))  # short naps so an aborting close is seen
+            if self._send_error is not None:
+                raise self._send_error
 
     def _fail_sender(self, err: TransportError) -> None:
         with self._cv:
@@ -286,7 +303,8 @@ class Link:
             if self._send_error is None:
                 self._send_error = PeerGone(f"link to {self.peer_role} is closed")  # stops a sleeping sender
             self._cv.notify_all()
-        self._wire.goodbye()
+            if not self._queue:  # never interleave a close_notify with a frame being written
+                self._wire.goodbye()
         self._wire.close()
         self._sender.join(timeout=1.0)
 
