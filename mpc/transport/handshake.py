@@ -20,7 +20,7 @@ import numpy as np
 from mpc.transport.emulation import NetworkEmulation
 from mpc.transport.errors import (FrameError, HandshakeError, InsecureLinkError, PeerGone, PeerTimeout,
                                   PlaintextWarning, TransportError)
-from mpc.transport.frames import DEFAULT_MAX_MESSAGE_BYTES, HELLO, SESSION_ID_BYTES, encode, read_message
+from mpc.transport.frames import DEFAULT_MAX_MESSAGE_BYTES, HELLO, KIND_NAMES, SESSION_ID_BYTES, encode, read_message
 from mpc.transport.link import Link, _pieces
 from mpc.transport.tls import ROLES, TlsConfig, peer_role as cert_peer_role
 from mpc.transport.wire import PlainWire, TlsWire, Wire
@@ -77,7 +77,7 @@ def _read_hello(wire: Wire, peer: str, counter: int):
     except (FrameError, PeerGone) as err:
         raise HandshakeError(f"handshake with {peer} failed: {err}") from None
     if msg.kind != HELLO:
-        raise HandshakeError(f"{peer} sent a {msg.kind} frame instead of its handshake")
+        raise HandshakeError(f"{peer} sent a {KIND_NAMES[msg.kind]} frame instead of its handshake")
     return msg
 
 
@@ -153,12 +153,13 @@ def connect(host: str, port: int, *, role: str, peer_role: str, tls: TlsConfig |
     _check_args(role, tls, session_id, timeout_s)
     expected = _roles(peer_role)
     _check_plaintext(tls, host)
+    peer = " or ".join(expected)
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except TimeoutError:
-        raise PeerTimeout(f"cannot reach the {peer_role} at {host}:{port} within {timeout_s:g} s") from None
+        raise PeerTimeout(f"cannot reach the {peer} at {host}:{port} within {timeout_s:g} s") from None
     except OSError as err:
-        raise PeerGone(f"cannot reach the {peer_role} at {host}:{port}: {err.strerror or err}") from None
+        raise PeerGone(f"cannot reach the {peer} at {host}:{port}: {err.strerror or err}") from None
     return _handshake(sock, server_side=False, role=role, expected=expected, tls=tls, session_id=session_id,
                       version=version, fingerprint=fingerprint, timeout_s=timeout_s, emulate=emulate,
                       max_message_bytes=max_message_bytes)
