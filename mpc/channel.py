@@ -10,7 +10,7 @@ and receiving the peer's, so protocol code does not change.
 Methods (each is one round, all values in one call travel in that same round):
 * `open(op, xs, to=BOTH, bits=64)`: reveal arithmetic sharings (8 B/element per sender)
   and XOR sharings of `bits`-bit words (ceil(elements·bits/8) B per sender).
-* `send(op, src, values)`: party `src` sends private values to the other party
+* `send(op, src, make, like)`: party `src` sends private values to the other party
   (8 B/element).
 * `dealer(op, bytes0, bytes1)`: the dealer's own traffic (no round of the online phase).
 """
@@ -22,8 +22,12 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jax.experimental import io_callback
 
 from mpc.ledger import Ledger
+from mpc.ring import DTYPE
 from mpc.shares import CLIENT, SERVER, Shared, XorShared
 
 BOTH = "both"
@@ -34,7 +38,14 @@ def _nbytes(xs, bits: int = 64) -> int:
 
 
 class SimChannel:
-    """Both parties in one process; counts what a real link would carry."""
+    """Both parties in one process; counts what a real link would carry.
+
+    `parties` are the parties whose programs run here: both in simulation. A party
+    process's channel (`mpc.runtime.party.PartyChannel`) keeps the same methods with its
+    own share only and the peer's message from a socket.
+    """
+
+    parties: tuple[int, ...] = (CLIENT, SERVER)
 
     def __init__(self, ledger: Ledger | None = None) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
@@ -57,34 +68,187 @@ class SimChannel:
 
     def open(self, op: str, xs, to=BOTH, bits: int = 64):
         """Reveal sharings in one round: arithmetic (`Shared`, 8 B/element per sender) and
-        boolean (`XorShared`, `bits` meaningful bits per word) alike; to both parties, or to
-        party `to` only (then only the other party sends)."""
+        boolean (`XorShared`, the low `bits` bits of each word; ⌈elements·bits/8⌉ B per
+        sender) alike; to both parties, or to party `to` only (then only the other party
+        sends). A party that receives nothing gets zeros of the same shape (never use them).
+        """
         single = isinstance(xs, (Shared, XorShared))
         xs = [xs] if single else list(xs)
         self._guard(xs)
         nbytes = sum(_nbytes([x], 64 if isinstance(x, Shared) else bits) for x in xs)
         self._record_open(op, nbytes, to)
-        out = [x.v[CLIENT] + x.v[SERVER] if isinstance(x, Shared) else x.v[CLIENT] ^ x.v[SERVER] for x in xs]
+        low = np.uint64(2**64 - 1) if bits >= 64 else np.uint64((1 << bits) - 1)
+        out = self._combine([(x, isinstance(x, Shared), low) for x in xs], to)
         return out[0] if single else out
 
-    def send(self, op: str, src: int, values: jax.Array | Sequence[jax.Array], bits: int = 64,
-             piggyback: bool = False):
+    def _combine(self, items, to) -> list[jax.Array]:
+        return [x.share(CLIENT) + x.share(SERVER) if arith else (x.share(CLIENT) ^ x.share(SERVER)) & low
+                for x, arith, low in items]
+
+    def send(self, op: str, src: int, make, like, bits: int = 64, piggyback: bool = False,
+             kind: str = "online"):
         """Party `src` sends values it holds privately to the other party.
 
+        `make()` computes them (run by `src` only); `like` is their shape/dtype (a
+        `jax.ShapeDtypeStruct` or a list of them) so that the receiver knows what arrives.
         `piggyback=True`: the values are known before, and travel with, the next message
         `src` sends anyway (e.g. the client's draft-dependent OT offsets ride on the first
-        message of the secure pass): bytes are counted, no round is added.
+        message of the secure pass): bytes are counted, no round is added. `kind="setup"`
+        counts a session set-up message (a weight's masked value).
         """
-        single = not isinstance(values, (list, tuple))
-        vs = [values] if single else list(values)
+        single = not isinstance(like, (list, tuple))
+        likes = [like] if single else list(like)
+        n = _nbytes(likes, bits)
+        self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 0 if piggyback else 1,
+                           kind=kind)
+        vs = make()
+        vs = [vs] if single else list(vs)
         self._guard(vs)
-        n = _nbytes(vs, bits)
-        self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 0 if piggyback else 1)
         vs = [jnp.asarray(v) for v in vs]
         return vs[0] if single else vs
 
     def dealer(self, op: str, bytes0: int, bytes1: int) -> None:
         self.ledger.record(op, bytes0, bytes1, 0, kind="dealer")
 
-    def setup(self, op: str, bytes0: int, bytes1: int) -> None:
-        self.ledger.record(op, bytes0, bytes1, 1, kind="setup")
+
+# --- one party's end of a real link ------------------------------------------------------------
+def pack_words(words: np.ndarray, bits: int) -> np.ndarray:
+    """The low `bits` bits of each uint64 word, bit-packed: ⌈n·bits/8⌉ bytes (what the
+    ledger counts for an opening of `bits`-bit words)."""
+    words = np.ascontiguousarray(words, np.uint64).reshape(-1)
+    if bits >= 64:
+        return words.view(np.uint8)
+    shifts = np.arange(bits, dtype=np.uint64)
+    return np.packbits(((words[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1))
+
+
+def unpack_words(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
+    """Inverse of `pack_words` for n words."""
+    packed = np.asarray(packed, np.uint8).reshape(-1)
+    if bits >= 64:
+        return packed.view(np.uint64)[:n].copy()
+    flat = np.unpackbits(packed)[:n * bits].reshape(n, bits).astype(np.uint64)
+    return (flat << np.arange(bits, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def _to_words(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return x.astype(np.int64).astype(np.uint64) if x.dtype != np.uint64 else x
+
+
+class PartyChannel(SimChannel):
+    """Party `me`'s end of the client–server link: opens send its own share and receive
+    the peer's; sends go over the wire. The same ledger entries as the simulation; every
+    payload is bit-packed to exactly the bytes the ledger counts (framing aside).
+
+    `link` is any object with `send(list_of_arrays)`, `recv() -> list_of_arrays` and
+    `exchange(list_of_arrays) -> list_of_arrays` (`mpc.transport.Link`, or `MemoryLink`
+    for in-process tests). Inside a compiled program each message is an ordered host
+    callback, so messages leave in program order.
+    """
+
+    def __init__(self, ledger: Ledger, link, me: int) -> None:
+        super().__init__(ledger)
+        if me not in (CLIENT, SERVER):
+            raise ValueError(f"party must be 0 or 1, got {me}")
+        self.link, self.me = link, me
+        self.parties = (me,)
+
+    def _host(self, fn, likes, *args):
+        if not likes:  # a send: an ordered effect with a token result
+            def effect(*a):
+                fn(*a)
+                return np.zeros((), np.int32)
+
+            io_callback(effect, jax.ShapeDtypeStruct((), jnp.int32), *args, ordered=True)
+            return []
+        return io_callback(fn, likes, *args, ordered=True)
+
+    def _combine(self, items, to) -> list[jax.Array]:
+        me, peer = self.me, 1 - self.me
+        own = [x.share(me) for x, _, _ in items]
+        likes = [jax.ShapeDtypeStruct(x.shape, DTYPE) for x, _, _ in items]
+        specs = [(int(np.prod(x.shape, dtype=np.int64)), 64 if arith else int(low).bit_length())
+                 for x, arith, low in items]
+        receive, send = to in (BOTH, me), to in (BOTH, peer)
+
+        def host(*shares):
+            msg = [pack_words(np.asarray(s), bits) for s, (n, bits) in zip(shares, specs)]
+            if send and receive:
+                got = self.link.exchange(msg)
+            elif send:
+                self.link.send(msg)
+                return [np.zeros(lk.shape, np.uint64) for lk in likes]
+            else:
+                got = self.link.recv()
+            if len(got) != len(specs):
+                raise ConnectionError(f"peer sent {len(got)} arrays, expected {len(specs)}")
+            return [unpack_words(g, n, bits).reshape(lk.shape) for g, (n, bits), lk in zip(got, specs, likes)]
+
+        peers = self._host(host, likes, *own)
+        out = []
+        for (x, arith, low), mine, theirs in zip(items, own, peers):
+            if not receive:
+                out.append(theirs)
+            else:
+                out.append(mine + theirs if arith else (mine ^ theirs) & low)
+        return out
+
+    def send(self, op: str, src: int, make, like, bits: int = 64, piggyback: bool = False,
+             kind: str = "online"):
+        single = not isinstance(like, (list, tuple))
+        likes = [like] if single else list(like)
+        n = _nbytes(likes, bits)
+        self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 0 if piggyback else 1,
+                           kind=kind)
+        sizes = [int(np.prod(lk.shape, dtype=np.int64)) for lk in likes]
+        if src == self.me:
+            vs = make()
+            vs = [jnp.asarray(v) for v in ([vs] if single else vs)]
+            self._guard(vs)
+            self._host(lambda *a: self.link.send([pack_words(_to_words(v), bits) for v in a]), [], *vs)
+        else:
+            def host():
+                got = self.link.recv()
+                if len(got) != len(likes):
+                    raise ConnectionError(f"peer sent {len(got)} arrays, expected {len(likes)}")
+                return [unpack_words(g, k, bits).astype(np.int64).astype(lk.dtype).reshape(lk.shape)
+                        if lk.dtype != np.uint64 else unpack_words(g, k, bits).reshape(lk.shape)
+                        for g, k, lk in zip(got, sizes, likes)]
+
+            vs = self._host(host, likes)
+        return vs[0] if single else list(vs)
+
+
+class MemoryLink:
+    """An in-process link (a pair of queues) with the transport's interface: two parties'
+    programs in one process, each holding only its own shares (tests of the party-local
+    code; SPU's in-memory link). `MemoryLink.pair()` returns both ends."""
+
+    def __init__(self, inbox, outbox, timeout_s: float = 60.0) -> None:
+        self._in, self._out, self.timeout_s = inbox, outbox, timeout_s
+        self.bytes_sent = 0
+
+    @classmethod
+    def pair(cls, timeout_s: float = 60.0) -> tuple["MemoryLink", "MemoryLink"]:
+        import queue
+
+        a, b = queue.Queue(), queue.Queue()
+        return cls(a, b, timeout_s), cls(b, a, timeout_s)
+
+    def send(self, arrays) -> None:
+        arrays = [np.array(a, copy=True) for a in arrays]
+        self.bytes_sent += sum(a.nbytes for a in arrays)
+        self._out.put(arrays)
+
+    def recv(self) -> list[np.ndarray]:
+        import queue
+
+        try:
+            return self._in.get(timeout=self.timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"no message from the peer within {self.timeout_s:g} s") from None
+
+    def exchange(self, arrays) -> list[np.ndarray]:
+        self.send(arrays)
+        return self.recv()

@@ -20,11 +20,11 @@ import jax
 import numpy as np
 
 from mpc.approx import NonlinearConfig
-from mpc.channel import BOTH, SimChannel
-from mpc.dealer import Dealer
+from mpc.channel import BOTH, PartyChannel, SimChannel
+from mpc.dealer import Dealer, PartyDealer
 from mpc.fixed import FixedPoint, decode
 from mpc.ledger import Ledger
-from mpc.shares import CLIENT, Shared
+from mpc.shares import CLIENT, Shared, local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +51,21 @@ class MPCConfig:
 
 
 class Context:
-    """One MPC session in simulation: config, ledger, channel, dealer."""
+    """One MPC session: config, ledger, channel, dealer, and the parties whose programs
+    run here — both in simulation (the default), one in a party process
+    (`mpc.runtime.party_context`)."""
 
     def __init__(self, config: MPCConfig = MPCConfig(), seed: bytes | None = None,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, channel=None, dealer=None) -> None:
         self.config = config
         self.ledger = ledger if ledger is not None else Ledger()
-        self.channel = SimChannel(self.ledger)
-        self.dealer = Dealer(self.channel, seed=seed)
+        self.channel = channel if channel is not None else SimChannel(self.ledger)
+        self.dealer = dealer if dealer is not None else Dealer(self.channel, seed=seed)
         self._programs: dict[Any, tuple[Any, list]] = {}
+
+    @property
+    def parties(self) -> tuple[int, ...]:
+        return self.channel.parties
 
     # --- inputs and outputs ------------------------------------------------------------
     def share(self, x, owner: int = CLIENT, frac: int | None = None) -> Shared:
@@ -74,16 +80,25 @@ class Context:
 
     def share_ring(self, value, owner: int = CLIENT, frac: int = 0) -> Shared:
         """Secret-share ring elements held by `owner` (see `share`)."""
-        value = jax.numpy.asarray(value, jax.numpy.uint64)
-        peer_share = self.dealer.pairwise_mask(value.shape)
-        own = value - peer_share
-        s0, s1 = (own, peer_share) if owner == CLIENT else (peer_share, own)
-        return Shared.from_parties(s0, s1, frac)
+        peer_share = self.dealer.pairwise_mask(np.shape(value))
+        return local(self.parties, lambda p: jax.numpy.asarray(value, jax.numpy.uint64) - peer_share
+                     if p == owner else peer_share, frac)
 
     def reveal(self, x: Shared, to=BOTH, op: str = "reveal") -> jax.Array:
         """Open a shared value and decode it to float64 at its scale."""
         ring = self.channel.open(op, x, to=to)
         return decode(ring, x.frac) if x.frac else ring.astype(np.int64)
+
+
+def party_context(party: int, link, keys: dict, fetch: Callable, config: MPCConfig = MPCConfig(),
+                  ledger: Ledger | None = None) -> Context:
+    """Party `party`'s side of a session: its end of the client–server `link`, its own
+    keys (its dealer key, the pairwise key, its private key), and `fetch(nonce, request,
+    handles)`, which returns its corrections from the dealer. Shared tensors built here
+    hold this party's share only."""
+    ledger = ledger if ledger is not None else Ledger()
+    channel = PartyChannel(ledger, link, party)
+    return Context(config, ledger=ledger, channel=channel, dealer=PartyDealer(channel, party, keys, fetch))
 
 
 def secure_jit(fn: Callable) -> Callable:

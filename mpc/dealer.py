@@ -4,215 +4,655 @@ Trust: a third party that colludes with neither client nor server (CrypTen's TTP
 beaver server, SIGMA's dealer). It learns nothing of the inputs: it never sees a share of
 the client's or server's data, only randomness it made itself.
 
-Seed compression: at start-up the dealer gives party p a 16-byte key k_p; every share
-party p receives is the next words of AES-CTR(k_p), except the *corrections* — the one
-share of a correlated value (c = a·b, r >> f, …) that cannot be random, which the dealer
-computes and sends to party 1. Only those corrections (and the keys) count as dealer
-bytes in the ledger. Each method's docstring states its correction bytes.
+Seed compression and random access: party p holds a 16-byte key k_p it shares with the
+dealer. The protocols ask for material in program order, and both parties number their
+requests identically (request i of a session); the words of request i for party p are
+`prg.request_words(k_p, i, n)`. So each party expands its own words itself, and only the
+*corrections* travel: the one share of a correlated value (c = a·b, r >> f, …) that
+cannot be random, computed by whoever holds both keys (the dealer process; in simulation,
+the same function in-graph) and sent to one party. Only corrections and keys count as
+dealer bytes in the ledger; each kind's docstring below states its correction bytes.
+
+A kind of material is three pure functions (`Kind`): how many words each party draws,
+the correction (from both parties' words), and how a party assembles its shares from its
+own words and, if it is the receiver, the correction. `Dealer` (simulation: both
+parties, corrections in-graph) and `PartyDealer` (one party: its words, corrections
+fetched from the dealer) run the same functions; so does the dealer process
+(`mpc.dealer_service`), which makes a request's correction from the request's
+description alone.
+
+Two kinds depend on earlier material: a weight product needs the weight's fixed mask B
+(drawn at set-up from the server's key; its request number is the weight's handle), and a
+product with a masked-once operand (the KV cache) needs that operand's mask, named row by
+row by (request number, word offset) descriptors that travel with the cache. The dealer
+rebuilds either from the keys; it learns the cache's row layout (its length), which the
+two parties know anyway.
 
 Inside `mpc.secure_jit` the words come from the host through an ordered `io_callback`
 (one per request, in program order), so every call of a compiled program draws fresh
-randomness and two requests never reuse a mask. Derived values (c = a·b etc.) are
-computed in-graph with the exact ring kernels.
+randomness and two requests never share a nonce.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from mpc.channel import SimChannel
-from mpc.prg import KEY_BYTES, AesCtrStream, derive_keys
+from mpc.prg import KEY_BYTES, derive_keys, request_words
 from mpc.ring import DTYPE, msb, ring_matmul
-from mpc.shares import Shared, XorShared
+from mpc.shares import CLIENT, PARTIES, SERVER, Shared, XorShared, local, local_xor
 
-_ALL_ONES = np.uint64(2**64 - 1)
+_ONE = np.uint64(1)
+PRODUCTS = {"matmul": ring_matmul, "mul": jnp.multiply}
 
 
 def _n(shape) -> int:
     return int(math.prod(shape))
 
 
-class Dealer:
-    """Correlated randomness from per-party AES-CTR streams."""
+def _split(flat, shapes) -> list:
+    out, at = [], 0
+    for s in shapes:
+        out.append(flat[at:at + _n(s)].reshape(s))
+        at += _n(s)
+    return out
 
-    def __init__(self, channel: SimChannel, seed: bytes | None = None) -> None:
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a protocol asks the dealer for: a kind, shapes and static integer arguments.
+    Public (it depends only on the program), so it may travel to the dealer."""
+
+    kind: str
+    shapes: tuple[tuple[int, ...], ...]
+    args: tuple = ()
+
+    def encode(self) -> np.ndarray:
+        """[kind index, #shapes, (ndim, dims…)…, #args, args…] as int64 (args: ints or
+        product names)."""
+        out = [KIND_NAMES.index(self.kind), len(self.shapes)]
+        for s in self.shapes:
+            out += [len(s), *s]
+        args = [list(PRODUCTS).index(a) if isinstance(a, str) else int(a) for a in self.args]
+        return np.asarray(out + [len(args), *args], np.int64)
+
+    @classmethod
+    def decode(cls, words: np.ndarray) -> "Request":
+        w = [int(x) for x in np.asarray(words, np.int64)]
+        if not w or not 0 <= w[0] < len(KIND_NAMES):
+            raise ValueError("dealer request: unknown kind")
+        kind, at = KIND_NAMES[w[0]], 2
+        shapes = []
+        for _ in range(w[1]):
+            nd = w[at]
+            shapes.append(tuple(w[at + 1:at + 1 + nd]))
+            at += 1 + nd
+        nargs = w[at]
+        args = tuple(w[at + 1:at + 1 + nargs])
+        if kind in ("weight_triple", "operand_triple"):
+            args = (list(PRODUCTS)[args[0]], *args[1:])
+        return cls(kind, tuple(shapes), args)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of material. `words(req) -> (n0, n1)`; `correct(req, w0, w1, extra) ->
+    list of arrays` for party `to` (None: no correction); `assemble(req, p, words, corr)
+    -> tuple` of party p's outputs."""
+
+    words: Callable
+    assemble: Callable
+    correct: Callable | None = None
+    to: int = SERVER
+
+
+# --- the kinds ------------------------------------------------------------------------------
+def _triple_words(req):
+    n = _n(req.shapes[0])
+    return 3 * n, 2 * n
+
+
+def _triple_correct(req, w0, w1, extra):
+    """c = a·b: 8·n bytes to the server."""
+    s = req.shapes[0]
+    a0, b0, c0 = _split(w0, [s] * 3)
+    a1, b1 = _split(w1, [s] * 2)
+    return [(a0 + a1) * (b0 + b1) - c0]
+
+
+def _triple_assemble(req, p, w, corr):
+    s = req.shapes[0]
+    return tuple(_split(w, [s] * 3)) if p == CLIENT else (*_split(w, [s] * 2), corr[0])
+
+
+def _square_words(req):
+    n = _n(req.shapes[0])
+    return 2 * n, n
+
+
+def _square_correct(req, w0, w1, extra):
+    """(a, a²): 8·n bytes to the server."""
+    s = req.shapes[0]
+    a0, c0 = _split(w0, [s] * 2)
+    a = a0 + w1.reshape(s)
+    return [a * a - c0]
+
+
+def _square_assemble(req, p, w, corr):
+    s = req.shapes[0]
+    return tuple(_split(w, [s] * 2)) if p == CLIENT else (w.reshape(s), corr[0])
+
+
+def _matmul_words(req):
+    sa, sb, sc = req.shapes
+    return _n(sa) + _n(sb) + _n(sc), _n(sa) + _n(sb)
+
+
+def _matmul_correct(req, w0, w1, extra):
+    """C = A @ B: 8·|C| bytes to the server."""
+    sa, sb, sc = req.shapes
+    a0, b0, c0 = _split(w0, [sa, sb, sc])
+    a1, b1 = _split(w1, [sa, sb])
+    return [ring_matmul(a0 + a1, b0 + b1) - c0]
+
+
+def _matmul_assemble(req, p, w, corr):
+    sa, sb, sc = req.shapes
+    return tuple(_split(w, [sa, sb, sc])) if p == CLIENT else (*_split(w, [sa, sb]), corr[0])
+
+
+def _weight_mask_words(req):
+    return 0, _n(req.shapes[0])
+
+
+def _weight_mask_assemble(req, p, w, corr):
+    return (w.reshape(req.shapes[0]),) if p == SERVER else (None,)
+
+
+def _weight_triple_words(req):
+    # shapes: A, then (C_j, B_j) for each weight
+    return _n(req.shapes[0]) + sum(_n(s) for s in req.shapes[1::2]), 0
+
+
+def _weight_triple_correct(req, w0, w1, extra):
+    """C_j = A ∘ B_j for the weights' fixed masks B_j: 8·Σ|C_j| bytes to the server.
+    extra: (the masks, a bit-identical implementation of the product or None)."""
+    masks, impl = extra
+    product = impl or PRODUCTS[req.args[0]]
+    sa, cs = req.shapes[0], req.shapes[1::2]
+    a, *c0 = _split(w0, [sa, *cs])
+    return [product(a, m) - c for m, c in zip(masks, c0)]
+
+
+def _weight_triple_assemble(req, p, w, corr):
+    sa, cs = req.shapes[0], req.shapes[1::2]
+    if p == CLIENT:
+        return tuple(_split(w, [sa, *cs]))
+    return (None, *corr)
+
+
+def _operand_words(req):
+    sa, sc = req.shapes[0], req.shapes[1]
+    return _n(sa) + _n(sc), _n(sa)
+
+
+def _operand_correct(req, w0, w1, mask):
+    """C = A ∘ B for a fixed shared operand mask B: 8·|C| bytes to the server."""
+    product = PRODUCTS[req.args[0]]
+    sa, sc = req.shapes[0], req.shapes[1]
+    a0, c0 = _split(w0, [sa, sc])
+    return [product(a0 + w1.reshape(sa), mask) - c0]
+
+
+def _operand_assemble(req, p, w, corr):
+    sa, sc = req.shapes[0], req.shapes[1]
+    return tuple(_split(w, [sa, sc])) if p == CLIENT else (w.reshape(sa), corr[0])
+
+
+def _ot_words(req):
+    rows, width = req.shapes[0]
+    return rows, rows * width
+
+
+def _ot_correct(req, w0, w1, extra):
+    """R[t] for the client's random index t: 8 bytes per row to the client."""
+    rows, width = req.shapes[0]
+    t = (w0 % np.uint64(width)).astype(jnp.int32)
+    return [jnp.take_along_axis(w1.reshape(rows, width), t[:, None], axis=1)[:, 0]]
+
+
+def _ot_assemble(req, p, w, corr):
+    rows, width = req.shapes[0]
+    if p == CLIENT:  # (t, R[t])
+        return (w % np.uint64(width)).astype(jnp.int32), corr[0]
+    return (w.reshape(rows, width),)
+
+
+def _trunc_words(req):
+    n = _n(req.shapes[0])
+    return 3 * n, n
+
+
+def _trunc_correct(req, w0, w1, extra):
+    """(r >> f, msb(r)): 16·n bytes to the server."""
+    s, bits = req.shapes[0], np.uint64(req.args[0])
+    r0, hi0, m0 = _split(w0, [s] * 3)
+    r = r0 + w1.reshape(s)
+    return [(r >> bits) - hi0, msb(r) - m0]
+
+
+def _trunc_assemble(req, p, w, corr):
+    s = req.shapes[0]
+    return tuple(_split(w, [s] * 3)) if p == CLIENT else (w.reshape(s), *corr)
+
+
+def _random_words(req):
+    n = _n(req.shapes[0])
+    return n, n
+
+
+def _random_assemble(req, p, w, corr):
+    return (w.reshape(req.shapes[0]),)
+
+
+def _and_words(req):
+    n = _n(req.shapes[0])
+    return 3 * n, 2 * n
+
+
+def _and_correct(req, w0, w1, extra):
+    """c = a & b on words: 8·n bytes to the server."""
+    s = req.shapes[0]
+    a0, b0, c0 = _split(w0, [s] * 3)
+    a1, b1 = _split(w1, [s] * 2)
+    return [((a0 ^ a1) & (b0 ^ b1)) ^ c0]
+
+
+def _bit_words(req):
+    n = _n(req.shapes[0])
+    return 2 * n, n
+
+
+def _bit_correct(req, w0, w1, extra):
+    """A random bit r as XOR and arithmetic shares: 8·n bytes to the server."""
+    s = req.shapes[0]
+    r0, s0 = _split(w0, [s] * 2)
+    return [((r0 ^ w1.reshape(s)) & _ONE) - s0]
+
+
+def _bit_assemble(req, p, w, corr):
+    s = req.shapes[0]
+    if p == CLIENT:
+        r0, s0 = _split(w, [s] * 2)
+        return r0 & _ONE, s0
+    return w.reshape(s) & _ONE, corr[0]
+
+
+def _bit_select_words(req):
+    n = _n(req.shapes[0])
+    return 4 * n, 2 * n
+
+
+def _bit_select_correct(req, w0, w1, extra):
+    """(r XOR-shared, [r], [a], [r·a]): 16·n bytes to the server."""
+    s = req.shapes[0]
+    r0, a0, rs0, ras0 = _split(w0, [s] * 4)
+    r1, a1 = _split(w1, [s] * 2)
+    r = (r0 ^ r1) & _ONE
+    return [r - rs0, r * (a0 + a1) - ras0]
+
+
+def _bit_select_assemble(req, p, w, corr):
+    s = req.shapes[0]
+    if p == CLIENT:
+        r0, a0, rs0, ras0 = _split(w, [s] * 4)
+        return r0 & _ONE, rs0, a0, ras0
+    r1, a1 = _split(w, [s] * 2)
+    return r1 & _ONE, corr[0], a1, corr[1]
+
+
+KINDS: dict[str, Kind] = {
+    "triple": Kind(_triple_words, _triple_assemble, _triple_correct),
+    "square": Kind(_square_words, _square_assemble, _square_correct),
+    "matmul_triple": Kind(_matmul_words, _matmul_assemble, _matmul_correct),
+    "weight_mask": Kind(_weight_mask_words, _weight_mask_assemble),
+    "weight_triple": Kind(_weight_triple_words, _weight_triple_assemble, _weight_triple_correct),
+    "operand_triple": Kind(_operand_words, _operand_assemble, _operand_correct),
+    "index_ot": Kind(_ot_words, _ot_assemble, _ot_correct, to=CLIENT),
+    "trunc_pair": Kind(_trunc_words, _trunc_assemble, _trunc_correct),
+    "random_shared": Kind(_random_words, _random_assemble),
+    "and_triple": Kind(_and_words, _triple_assemble, _and_correct),
+    "bit_pair": Kind(_bit_words, _bit_assemble, _bit_correct),
+    "bit_select": Kind(_bit_select_words, _bit_select_assemble, _bit_select_correct),
+}
+KIND_NAMES = tuple(KINDS)
+
+
+def correction_bytes(req: Request) -> int:
+    """Bytes of the correction of one request (what the dealer sends for it)."""
+    kind = KINDS[req.kind]
+    if kind.correct is None:
+        return 0
+    if req.kind == "weight_triple":
+        return 8 * sum(_n(s) for s in req.shapes[1::2])
+    if req.kind == "operand_triple":
+        return 8 * _n(req.shapes[1])
+    if req.kind == "matmul_triple":
+        return 8 * _n(req.shapes[2])
+    if req.kind == "index_ot":
+        return 8 * req.shapes[0][0]
+    per = {"trunc_pair": 16, "bit_select": 16}.get(req.kind, 8)
+    return per * _n(req.shapes[0])
+
+
+# --- cached operands: row descriptors ---------------------------------------------------------
+def operand_mask(rows: np.ndarray, row_shape: tuple[int, ...], words_of: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Rebuild a masked-once operand's mask B (rows.shape[:-1] + row_shape) from its row
+    descriptors: rows[..., 0] the request number that masked the row (−1: never written,
+    mask 0), rows[..., 1] the row's word offset in that request; `words_of(nonce, n)` the
+    request's mask words (both parties' words summed)."""
+    width = _n(row_shape)
+    flat = rows.reshape(-1, 2)
+    out = np.zeros((flat.shape[0], width), np.uint64)
+    for nonce in np.unique(flat[:, 0]):
+        if nonce < 0:
+            continue
+        sel = np.nonzero(flat[:, 0] == nonce)[0]
+        offsets = flat[sel, 1]
+        words = words_of(int(nonce), int(offsets.max()) + width)
+        out[sel] = words[offsets[:, None] + np.arange(width)[None]]
+    return out.reshape(*rows.shape[:-1], *row_shape)
+
+
+# --- the dealers ------------------------------------------------------------------------------
+class Dealer:
+    """Correlated randomness for the parties present.
+
+    The simulation's dealer (default) holds both parties' keys and computes corrections
+    in-graph; `PartyDealer` hands one party its own material. Keys: k_0, k_1 (the dealer's
+    with each party), k_01 (the client and server's own, for input sharing; the dealer
+    never holds it in a real run) and each party's private key (its own randomness).
+    """
+
+    parties: tuple[int, ...] = PARTIES
+
+    def __init__(self, channel, seed: bytes | None = None, keys: dict | None = None) -> None:
         self.channel = channel
-        k0, k1, k01 = derive_keys(3, seed)
-        self._streams = [AesCtrStream(k0), AesCtrStream(k1)]
-        # The client-server key for input sharing. In a real run the two parties agree on
-        # it themselves (the dealer never holds it); here it lives beside the dealer's.
-        self._pairwise = AesCtrStream(k01)
-        # Each party's own private randomness (e.g. its share of a sampling draw). In a real
-        # run each party keys it from its own os.urandom and nobody else holds the key;
-        # here the two streams live beside the dealer's (keys 3 and 4 of the seed).
-        self._own = [AesCtrStream(k) for k in derive_keys(5, seed)[3:]] if seed is not None else \
-            [AesCtrStream(k) for k in derive_keys(2, None)]
+        keys = keys if keys is not None else session_keys(seed)
+        self.keys = keys
+        self._next = 0  # the next request number (host side, program order)
         channel.dealer("keys", KEY_BYTES, KEY_BYTES)
 
-    def pairwise_mask(self, shape) -> jax.Array:
-        """Words both parties derive from their shared key (input sharing). No bytes."""
-        n = _n(shape)
-        flat = io_callback(lambda: self._pairwise.words(n), jax.ShapeDtypeStruct((n,), DTYPE), ordered=True)
-        return flat.reshape(shape)
+    # --- requests ----------------------------------------------------------------------
+    def _host_words(self, counts: dict[int, int], key_of: Callable[[int], bytes]) -> np.ndarray:
+        nonce = self._next
+        self._next += 1
+        parts = [request_words(key_of(p), nonce, counts[p]) for p in self.parties]
+        return np.concatenate([*parts, np.asarray([nonce], np.uint64)])
 
-    def own_random(self, shape) -> XorShared:
-        """Words each party draws from its *own* randomness, as XOR shares of their XOR:
-        uniform, known to neither party alone (nor, in a real run, to the dealer). No bytes.
-        """
-        n = _n(shape)
+    def _draw(self, counts: dict[int, int], key_of: Callable[[int], bytes],
+              handles: Sequence[jax.Array] = (), req: Request | None = None):
+        """Each present party's words of the next request, and its number (in-graph)."""
+        total = sum(counts[p] for p in self.parties)
+        flat = io_callback(lambda: self._host_words(counts, key_of), jax.ShapeDtypeStruct((total + 1,), DTYPE),
+                           ordered=True)
+        words, at = {}, 0
+        for p in self.parties:
+            words[p] = flat[at:at + counts[p]]
+            at += counts[p]
+        return words, flat[total].astype(jnp.int64)
 
-        def host():
-            return np.concatenate([self._own[0].words(n), self._own[1].words(n)])
+    def _corrections(self, req: Request, words, extra, handles):
+        kind = KINDS[req.kind]
+        return kind.correct(req, words[CLIENT], words[SERVER], extra)
 
-        flat = io_callback(host, jax.ShapeDtypeStruct((2 * n,), DTYPE), ordered=True)
-        return XorShared.from_parties(flat[:n].reshape(shape), flat[n:].reshape(shape))
+    def material(self, req: Request, extra=None, handles: Sequence[jax.Array] = ()):
+        """Party-by-party outputs of one request: ({p: outputs}, request number)."""
+        kind = KINDS[req.kind]
+        n0, n1 = kind.words(req)
+        words, nonce = self._draw({CLIENT: n0, SERVER: n1}, lambda p: self.keys[p], handles, req)
+        corr = None
+        if kind.correct is not None:
+            nbytes = correction_bytes(req)
+            self.channel.dealer(req.kind, nbytes if kind.to == CLIENT else 0, nbytes if kind.to == SERVER else 0)
+            if kind.to in self.parties:
+                corr = self._corrections(req, words, extra, handles)
+        return {p: kind.assemble(req, p, words[p], corr if p == kind.to else None) for p in self.parties}, nonce
 
-    # --- raw words -----------------------------------------------------------------------
-    def _draw(self, n0: int, n1: int) -> tuple[jax.Array, jax.Array]:
-        """n0 fresh words of party 0's stream and n1 of party 1's (inside jit or eager)."""
+    def _shared(self, outs, i: int, frac: int = 0) -> Shared:
+        return local(self.parties, lambda p: outs[p][i], frac)
 
-        def host():
-            return np.concatenate([self._streams[0].words(n0), self._streams[1].words(n1)])
-
-        flat = io_callback(host, jax.ShapeDtypeStruct((n0 + n1,), DTYPE), ordered=True)
-        return flat[:n0], flat[n0:]
-
-    def _split(self, flat: jax.Array, shapes) -> list[jax.Array]:
-        out, at = [], 0
-        for s in shapes:
-            out.append(flat[at:at + _n(s)].reshape(s))
-            at += _n(s)
-        return out
-
-    def _share(self, op: str, values: list[jax.Array], frac: int = 0) -> list[Shared]:
-        """Share dealer-known values: party 0's shares from its stream, party 1 gets corrections."""
-        shapes = [v.shape for v in values]
-        w0, _ = self._draw(sum(_n(s) for s in shapes), 0)
-        s0 = self._split(w0, shapes)
-        self.channel.dealer(op, 0, 8 * sum(_n(s) for s in shapes))
-        return [Shared.from_parties(a, v - a, frac) for a, v in zip(s0, values)]
-
-    def _random_shared(self, shapes) -> list[Shared]:
-        """Uniform values whose both shares are free (drawn from both streams)."""
-        n = sum(_n(s) for s in shapes)
-        w0, w1 = self._draw(n, n)
-        return [Shared.from_parties(a, b) for a, b in zip(self._split(w0, shapes), self._split(w1, shapes))]
+    def _xor(self, outs, i: int) -> XorShared:
+        return local_xor(self.parties, lambda p: outs[p][i])
 
     # --- arithmetic correlations -----------------------------------------------------------
     def triple(self, shape) -> tuple[Shared, Shared, Shared]:
         """Beaver triple (a, b, c = a·b), elementwise. Correction: 8·|shape| bytes."""
-        a, b = self._random_shared([shape, shape])
-        av, bv = a.v[0] + a.v[1], b.v[0] + b.v[1]
-        (c,) = self._share("triple", [av * bv])
-        return a, b, c
+        outs, _ = self.material(Request("triple", (tuple(shape),)))
+        return self._shared(outs, 0), self._shared(outs, 1), self._shared(outs, 2)
 
     def square_pair(self, shape) -> tuple[Shared, Shared]:
         """(a, a²). Correction: 8·|shape| bytes."""
-        (a,) = self._random_shared([shape])
-        av = a.v[0] + a.v[1]
-        (c,) = self._share("square", [av * av])
-        return a, c
+        outs, _ = self.material(Request("square", (tuple(shape),)))
+        return self._shared(outs, 0), self._shared(outs, 1)
 
     def matmul_triple(self, shape_a, shape_b) -> tuple[Shared, Shared, Shared]:
         """(A, B, C = A @ B) for shared × shared products. Correction: 8·|C| bytes."""
-        a, b = self._random_shared([shape_a, shape_b])
-        c = ring_matmul(a.v[0] + a.v[1], b.v[0] + b.v[1])
-        (c,) = self._share("matmul_triple", [c])
-        return a, b, c
+        shape_c = jax.eval_shape(ring_matmul, jax.ShapeDtypeStruct(shape_a, DTYPE),
+                                 jax.ShapeDtypeStruct(shape_b, DTYPE)).shape
+        outs, _ = self.material(Request("matmul_triple", (tuple(shape_a), tuple(shape_b), tuple(shape_c))))
+        return self._shared(outs, 0), self._shared(outs, 1), self._shared(outs, 2)
 
-    def weight_mask(self, shape) -> jax.Array:
-        """Fixed mask B of a server weight, drawn from the server's stream: no bytes.
+    def weight_mask(self, shape) -> tuple[jax.Array | None, jax.Array]:
+        """Fixed mask B of a server weight, drawn from the server's key: no bytes. Returns
+        (B for the server, None for the client; the request number: the weight's handle,
+        which names B to the dealer in every later `weight_triple`)."""
+        outs, nonce = self.material(Request("weight_mask", (tuple(shape),)))
+        return (outs[SERVER][0] if SERVER in self.parties else None), nonce
 
-        The server opens F = W − B to the client once per session; the dealer keeps B to
-        correlate the per-call triples (`weight_triple`).
+    def weight_triple(self, masks: list, handles: list, shape_a, product: str = "matmul",
+                      mask_shapes: Sequence[tuple[int, ...]] = (), transposed: Sequence[bool] = (),
+                      impl: Callable | None = None):
+        """For x ∘ W_j with the weights' fixed masks B_j (∘ = `product`, "matmul" or "mul"):
+        ONE client mask A for x and shares of every C_j = A ∘ B_j (the same masked input
+        serves all weights that read x).
+
+        A is party 0's alone; party 1 receives the corrections of the C_j.
+        Correction: 8·Σ|C_j| bytes. `masks`: the B_j values (the simulation computes the
+        corrections itself); `handles`: their request numbers and `transposed` whether each
+        is the transpose of the mask drawn there (what a party process sends the dealer).
+        `impl`: an implementation of `product` with bounded memory (vocabulary-sized
+        weights), bit-identical to it.
+        Returns (A, or None at the server; [C_j shared]).
         """
-        _, b = self._draw(0, _n(shape))
-        return b.reshape(shape)
+        fn = PRODUCTS[product]
+        shapes = [tuple(shape_a)]
+        for ms in mask_shapes:
+            shapes += [tuple(jax.eval_shape(fn, jax.ShapeDtypeStruct(shape_a, DTYPE),
+                                            jax.ShapeDtypeStruct(ms, DTYPE)).shape), tuple(ms)]
+        req = Request("weight_triple", tuple(shapes), (product, *map(int, transposed)))
+        outs, _ = self.material(req, extra=(masks, impl), handles=handles)
+        a = outs[CLIENT][0] if CLIENT in self.parties else None
+        return a, [self._shared(outs, 1 + j) for j in range(len(mask_shapes))]
 
-    def weight_triple(self, masks: list[jax.Array], shape_a, product=ring_matmul) -> tuple[jax.Array, list[Shared]]:
-        """For x ∘ W_j with the weights' fixed masks B_j (∘ = `product`, a matmul or an
-        elementwise product): ONE client mask A for x and shares of every C_j = A ∘ B_j
-        (the same masked input serves all weights that read x).
+    def operand_triple(self, mask: Shared, rows: jax.Array, perm: tuple[int, ...], shape_a,
+                       product: str = "matmul") -> tuple[Shared, Shared]:
+        """For x ∘ Y with Y under a fixed shared mask B (`mask`, drawn by `random_shared`;
+        a party process names it to the dealer by its row descriptors `rows` and the
+        layout `perm`): a fresh shared A and shares of C = A ∘ B. Correction: 8·|C| bytes."""
+        fn = PRODUCTS[product]
+        shape_c = tuple(jax.eval_shape(fn, jax.ShapeDtypeStruct(shape_a, DTYPE),
+                                       jax.ShapeDtypeStruct(mask.shape, DTYPE)).shape)
+        req = Request("operand_triple", (tuple(shape_a), shape_c, tuple(mask.shape)), (product, *perm))
+        # The dealer's own B (it drew it): the simulation holds both shares.
+        value = mask.share(CLIENT) + mask.share(SERVER) if len(self.parties) == 2 else None
+        outs, _ = self.material(req, extra=value, handles=[rows])
+        return self._shared(outs, 0), self._shared(outs, 1)
 
-        A is party 0's alone (from its stream); party 1 receives the corrections of the
-        C_j. Correction: 8·Σ|C_j| bytes.
-        """
-        a, _ = self._draw(_n(shape_a), 0)
-        a = a.reshape(shape_a)
-        cs = self._share("weight_triple", [product(a, m) for m in masks])
-        return a, cs
-
-    def operand_triple(self, mask: jax.Array, shape_a, product=ring_matmul) -> tuple[Shared, Shared]:
-        """For x ∘ Y with Y under a fixed shared mask B (value `mask`, which the dealer
-        drew and remembers): a fresh shared A and shares of C = A ∘ B.
-        Correction: 8·|C| bytes."""
-        (a,) = self._random_shared([shape_a])
-        (c,) = self._share("operand_triple", [product(a.v[0] + a.v[1], mask)])
-        return a, c
-
-    def index_ot(self, rows: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Random 1-out-of-`width` OT per row: the server gets pads R (rows, width) from its
-        stream; the client gets a uniform index t (rows,) from its stream and R[t]
-        (correction: 8 bytes per row). Indices are reduced from 64-bit words (bias
-        < width / 2^64)."""
-        w0, w1 = self._draw(rows, rows * width)
-        t = (w0 % np.uint64(width)).astype(jnp.int32)
-        pads = w1.reshape(rows, width)
-        self.channel.dealer("index_ot", 8 * rows, 0)
-        return pads, t, jnp.take_along_axis(pads, t[:, None], axis=1)[:, 0]
-
-    def party_random(self, party: int, shape) -> jax.Array:
-        """A party's own private random words (its local PRG, expanded from its key)."""
-        n = _n(shape)
-        w0, w1 = self._draw(n if party == 0 else 0, n if party == 1 else 0)
-        return (w0 if party == 0 else w1).reshape(shape)
+    def index_ot(self, rows: int, width: int) -> dict:
+        """Random 1-out-of-`width` OT per row: the server gets pads R (rows, width); the
+        client gets a uniform index t (rows,) and R[t] (correction: 8 bytes per row).
+        Indices are reduced from 64-bit words (bias < width / 2^64).
+        Returns {party: outputs}: client (t, R[t]), server (R,)."""
+        outs, _ = self.material(Request("index_ot", ((rows, width),)))
+        return outs
 
     def trunc_pair(self, shape, frac_bits: int) -> tuple[Shared, Shared, Shared]:
         """(r, r >> f, msb(r)) for truncation by f bits. Corrections: 16·|shape| bytes."""
-        (r,) = self._random_shared([shape])
-        rv = r.v[0] + r.v[1]
-        r_hi, r_msb = self._share("trunc_pair", [rv >> np.uint64(frac_bits), msb(rv)])
-        return r, r_hi, r_msb
+        outs, _ = self.material(Request("trunc_pair", (tuple(shape),), (frac_bits,)))
+        return self._shared(outs, 0), self._shared(outs, 1), self._shared(outs, 2)
 
-    def random_shared(self, shape) -> Shared:
-        """A uniform ring element, shared; neither party learns it. No bytes."""
-        (r,) = self._random_shared([shape])
-        return r
+    def random_shared(self, shape) -> tuple[Shared, jax.Array]:
+        """A uniform ring element, shared; neither party learns it. No bytes.
+        Returns (the sharing, its request number: names the mask to the dealer)."""
+        outs, nonce = self.material(Request("random_shared", (tuple(shape),)))
+        return self._shared(outs, 0), nonce
 
     # --- boolean correlations ----------------------------------------------------------------
     def and_triple(self, shape) -> tuple[XorShared, XorShared, XorShared]:
         """Bitwise AND triple on uint64 words (a, b, c = a & b). Correction: 8·|shape| bytes."""
-        n = _n(shape)
-        w0, w1 = self._draw(3 * n, 2 * n)
-        a0, b0, c0 = self._split(w0, [shape] * 3)
-        a1, b1 = self._split(w1, [shape] * 2)
-        c1 = ((a0 ^ a1) & (b0 ^ b1)) ^ c0
-        self.channel.dealer("and_triple", 0, 8 * n)
-        return XorShared.from_parties(a0, a1), XorShared.from_parties(b0, b1), XorShared.from_parties(c0, c1)
+        outs, _ = self.material(Request("and_triple", (tuple(shape),)))
+        return self._xor(outs, 0), self._xor(outs, 1), self._xor(outs, 2)
 
     def bit_pair(self, shape) -> tuple[XorShared, Shared]:
         """A random bit r as XOR shares (in bit 0) and as arithmetic shares. Correction: 8·|shape|."""
-        n = _n(shape)
-        w0, w1 = self._draw(n, n)
-        r0, r1 = w0.reshape(shape) & np.uint64(1), w1.reshape(shape) & np.uint64(1)
-        (r_arith,) = self._share("bit_pair", [r0 ^ r1])
-        return XorShared.from_parties(r0, r1), r_arith
+        outs, _ = self.material(Request("bit_pair", (tuple(shape),)))
+        return self._xor(outs, 0), self._shared(outs, 1)
 
     def bit_select_quad(self, shape) -> tuple[XorShared, Shared, Shared, Shared]:
         """(r as XOR bit, [r], [a], [r·a]) for the fused bit-times-value step of `select`.
+        Corrections: 16·|shape| bytes ([r] and [r·a])."""
+        outs, _ = self.material(Request("bit_select", (tuple(shape),)))
+        return self._xor(outs, 0), self._shared(outs, 1), self._shared(outs, 2), self._shared(outs, 3)
 
-        Corrections: 16·|shape| bytes ([r] and [r·a]).
-        """
+    # --- randomness that is not the dealer's -------------------------------------------------
+    def pairwise_mask(self, shape) -> jax.Array:
+        """Words both parties derive from their shared key k_01 (input sharing). No bytes."""
         n = _n(shape)
-        w0, w1 = self._draw(2 * n, 2 * n)
-        r0, a0 = self._split(w0, [shape] * 2)
-        r1, a1 = self._split(w1, [shape] * 2)
-        r0, r1 = r0 & np.uint64(1), r1 & np.uint64(1)
-        rv, av = r0 ^ r1, a0 + a1
-        r_arith, ra = self._share("bit_select", [rv, rv * av])
-        return XorShared.from_parties(r0, r1), r_arith, Shared.from_parties(a0, a1), ra
+        words, _ = self._draw({CLIENT: n, SERVER: n}, lambda p: self.keys["pairwise"])
+        return words[self.parties[0]].reshape(shape)
+
+    def own_random(self, shape) -> XorShared:
+        """Words each party draws from its *own* key, as XOR shares of their XOR: uniform,
+        known to neither party alone, nor to the dealer. No bytes."""
+        n = _n(shape)
+        words, _ = self._draw({CLIENT: n, SERVER: n}, lambda p: self.keys[("own", p)])
+        return local_xor(self.parties, lambda p: words[p].reshape(shape))
+
+    def party_random(self, party: int, shape) -> jax.Array | None:
+        """Party `party`'s own private random words (None at the other party)."""
+        n = _n(shape)
+        words, _ = self._draw({CLIENT: n if party == CLIENT else 0, SERVER: n if party == SERVER else 0},
+                              lambda p: self.keys[("own", p)])
+        return words[party].reshape(shape) if party in self.parties else None
+
+
+def session_keys(seed: bytes | None = None) -> dict:
+    """All keys of a simulated session: fresh from os.urandom, or derived from `seed`."""
+    k0, k1, k01, o0, o1 = derive_keys(5, seed)
+    return {CLIENT: k0, SERVER: k1, "pairwise": k01, ("own", CLIENT): o0, ("own", SERVER): o1}
+
+
+class PartyDealer(Dealer):
+    """One party's dealer material in a party process: its own words from its keys, its
+    corrections from the dealer (`fetch(nonce, request, handles) -> flat uint64 words`,
+    a blocking call to the dealer process)."""
+
+    def __init__(self, channel, party: int, keys: dict, fetch: Callable) -> None:
+        self.parties = (party,)
+        self._fetch = fetch
+        super().__init__(channel, keys=keys)
+
+    def _host_fetch(self, counts, key_of, req, handles):
+        flat = self._host_words(counts, key_of)
+        if req is None or KINDS[req.kind].correct is None or KINDS[req.kind].to != self.parties[0]:
+            return flat
+        corr = np.asarray(self._fetch(int(flat[-1]), req, [np.asarray(h) for h in handles]), np.uint64)
+        return np.concatenate([flat[:-1], corr, flat[-1:]])
+
+    def _draw(self, counts, key_of, handles=(), req=None):
+        (p,) = self.parties
+        kind = KINDS[req.kind] if req is not None else None
+        ncorr = correction_bytes(req) // 8 if kind is not None and kind.correct is not None and kind.to == p else 0
+        total = counts[p] + ncorr
+        flat = io_callback(lambda *h: self._host_fetch(counts, key_of, req, h),
+                           jax.ShapeDtypeStruct((total + 1,), DTYPE), *handles, ordered=True)
+        self._pending_corr = flat[counts[p]:total]
+        return {p: flat[:counts[p]]}, flat[total].astype(jnp.int64)
+
+    def _corrections(self, req, words, extra, handles):
+        shapes = _correction_shapes(req)
+        return _split(self._pending_corr, shapes)
+
+
+def _correction_shapes(req: Request) -> list[tuple[int, ...]]:
+    if req.kind == "weight_triple":
+        return list(req.shapes[1::2])
+    if req.kind == "operand_triple":
+        return [req.shapes[1]]
+    if req.kind == "matmul_triple":
+        return [req.shapes[2]]
+    if req.kind == "index_ot":
+        return [(req.shapes[0][0],)]
+    if req.kind in ("trunc_pair", "bit_select"):
+        return [req.shapes[0]] * 2
+    return [req.shapes[0]]
+
+
+class CorrectionMaker:
+    """The dealer's side of a party process's request: the correction of request `nonce`
+    from the two parties' dealer keys and the request's public description alone.
+
+    Weight masks named by handles are rebuilt from the server's key once and kept (the
+    dealer holds every weight's mask for the session, |W| words each); cached operands'
+    masks are rebuilt from their row descriptors on every request.
+    """
+
+    def __init__(self, keys: dict) -> None:
+        self.keys = {CLIENT: keys[CLIENT], SERVER: keys[SERVER]}
+        self._weight_masks: dict[tuple, np.ndarray] = {}
+
+    def _words(self, party: int, nonce: int, n: int) -> np.ndarray:
+        return request_words(self.keys[party], nonce, n)
+
+    def _weight_mask(self, nonce: int, shape: tuple[int, ...], transposed: bool) -> np.ndarray:
+        drawn = shape[::-1] if transposed else shape
+        key = (nonce, drawn)
+        if key not in self._weight_masks:
+            self._weight_masks[key] = self._words(SERVER, nonce, _n(drawn)).reshape(drawn)
+        m = self._weight_masks[key]
+        return m.T if transposed else m
+
+    def correction(self, nonce: int, req: Request, handles: Sequence[np.ndarray]) -> np.ndarray:
+        kind = KINDS[req.kind]
+        if kind.correct is None:
+            raise ValueError(f"dealer: {req.kind} has no correction")
+        n0, n1 = kind.words(req)
+        w0, w1 = self._words(CLIENT, nonce, n0), self._words(SERVER, nonce, n1)
+        extra = None
+        if req.kind == "weight_triple":
+            product, *transposed = req.args
+            mask_shapes = req.shapes[2::2]
+            if len(handles) != len(mask_shapes) or len(transposed) != len(mask_shapes):
+                raise ValueError("dealer: weight_triple handles do not match its shapes")
+            extra = ([self._weight_mask(int(np.asarray(h)), tuple(s), bool(t))
+                      for h, s, t in zip(handles, mask_shapes, transposed)], None)
+        elif req.kind == "operand_triple":
+            perm = tuple(req.args[1:])
+            shape = req.shapes[2]
+            drawn = [0] * len(shape)
+            for i, a in enumerate(perm):
+                drawn[a] = shape[i]
+            rows = np.asarray(handles[0], np.int64)
+            row_axes = rows.ndim - 1
+            mask = operand_mask(rows, tuple(drawn[row_axes:]),
+                                lambda h, n: self._words(CLIENT, h, n) + self._words(SERVER, h, n))
+            extra = mask.transpose(perm)
+        corr = kind.correct(req, jnp.asarray(w0), jnp.asarray(w1), extra)
+        return np.concatenate([np.asarray(c, np.uint64).reshape(-1) for c in corr])

@@ -27,8 +27,9 @@ def test_triples(ctx):
 
 
 def test_weight_triple(ctx):
-    masks = [ctx.dealer.weight_mask((6, 4)), ctx.dealer.weight_mask((6, 2))]
-    a, cs = ctx.dealer.weight_triple(masks, (3, 6))
+    drawn = [ctx.dealer.weight_mask((6, 4)), ctx.dealer.weight_mask((6, 2))]
+    masks, handles = [m for m, _ in drawn], [h for _, h in drawn]
+    a, cs = ctx.dealer.weight_triple(masks, handles, (3, 6), mask_shapes=[(6, 4), (6, 2)], transposed=[0, 0])
     for mask, c in zip(masks, cs):
         np.testing.assert_array_equal(np.asarray(ring_matmul(np.asarray(a), np.asarray(mask))), _open(c))
 

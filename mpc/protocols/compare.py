@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from mpc.context import Context
-from mpc.shares import CLIENT, SERVER, Shared, XorShared
+from mpc.shares import CLIENT, SERVER, Shared, XorShared, local_xor
 
 _ONE = np.uint64(1)
 
@@ -60,13 +60,16 @@ def msb(ctx: Context, x: Shared, op: str = "msb", bits: int | None = None) -> Xo
     if not 8 <= bits <= 64:
         raise ValueError(f"msb: bits must be in [8, 64], got {bits}")
     mask = _low_mask(bits)
-    x0, x1 = x.v[CLIENT] & mask, x.v[SERVER] & mask
     zeros = np.zeros(x.shape, np.uint64)
-    # Generate bits g = x_0 & x_1 (an AND of two privately held words); propagate p = x_0 ⊕ x_1.
-    (g,) = and_many(ctx, [(XorShared.from_parties(x0, zeros), XorShared.from_parties(zeros, x1))],
-                    bits=bits, op=f"{op}/and")
-    p_top = XorShared.from_parties(x0, x1) >> (bits - 1)
-    p = XorShared.from_parties(x0, x1)
+    # Each party's share, as a bit string, is one addend: party q's word x_q held as a XOR
+    # sharing (x_q, 0). Generate bits g = x_0 & x_1 (an AND of two privately held words);
+    # propagate p = x_0 ⊕ x_1 (local: each party's share of p is its own word).
+    def addend(q: int) -> XorShared:
+        return local_xor(ctx.parties, lambda party: x.share(party) & mask if party == q else zeros)
+
+    p = local_xor(ctx.parties, lambda party: x.share(party) & mask)
+    (g,) = and_many(ctx, [(addend(CLIENT), addend(SERVER))], bits=bits, op=f"{op}/and")
+    p_top = p >> (bits - 1)
     levels = math.ceil(math.log2(bits - 1))
     for level in range(levels):
         s = 1 << level

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpc.context import Context
+from mpc.dealer import PRODUCTS
 from mpc.fixed import FixedPoint
 from mpc.ring import DTYPE, msb, ring_matmul, ring_matmul_small, small_operand
-from mpc.shares import CLIENT, SERVER, Shared, concatenate
+from mpc.shares import CLIENT, SERVER, Shared, concatenate, local
 
 
 # --- elementwise products -------------------------------------------------------------
@@ -74,9 +75,8 @@ def matmul(ctx: Context, x: Shared, y: Shared, op: str = "matmul") -> Shared:
     """
     a, b, c = ctx.dealer.matmul_triple(x.shape, y.shape)
     e, f = ctx.channel.open(op, [x - a.with_frac(x.frac), y - b.with_frac(y.frac)])
-    z0 = c.v[CLIENT] + ring_matmul(e, b.v[CLIENT]) + ring_matmul(a.v[CLIENT], f) + ring_matmul(e, f)
-    z1 = c.v[SERVER] + ring_matmul(e, b.v[SERVER]) + ring_matmul(a.v[SERVER], f)
-    return Shared.from_parties(z0, z1, x.frac + y.frac)
+    z = c + b.map(lambda v: ring_matmul(e, v)) + a.map(lambda v: ring_matmul(v, f))
+    return z.add_public(ring_matmul(e, f)).with_frac(x.frac + y.frac)
 
 
 # --- products with a server-held weight -------------------------------------------------
@@ -85,39 +85,45 @@ def matmul(ctx: Context, x: Shared, y: Shared, op: str = "matmul") -> Shared:
 class ServerWeight:
     """A weight the server holds in the clear, prepared for fixed-weight products.
 
-    Fields (who holds each in a real run):
+    Fields (who holds each; a party process holds only its own, the others are None):
       w: the weight as ring elements (server).
       f: F = W − B, the weight under the dealer's fixed mask B, opened to the client once
          per session (client).
-      mask: B (dealer; it correlates each call's triple with it).
-      w_small: w as float64 when its entries are small signed integers (the usual case
-         for trained weights at f = 16), for the server's fast exact product
-         (`ring_matmul_small`); None otherwise.
+      mask: B (drawn from the server's dealer key: the server and the dealer; the dealer
+         correlates each call's triple with it).
+      w_small: w as float32/float64 when its entries are small signed integers (the usual
+         case for trained weights at f = 16), for the server's fast exact product
+         (`ring_matmul_small`); None otherwise (server).
+      handle: the request number that drew B, which names B to the dealer (public).
       frac: fixed-point scale of w.
+      transposed: this is the transpose of the weight B was drawn for (a tied LM head).
     """
 
-    w: jax.Array
-    f: jax.Array
-    mask: jax.Array
+    w: jax.Array | None
+    f: jax.Array | None
+    mask: jax.Array | None
     w_small: jax.Array | None
+    handle: jax.Array
     frac: int
+    shape: tuple[int, ...]
+    transposed: bool = False
 
     def tree_flatten(self):
-        return (self.w, self.f, self.mask, self.w_small), self.frac
+        return (self.w, self.f, self.mask, self.w_small, self.handle), (self.frac, self.shape, self.transposed)
 
     @classmethod
-    def tree_unflatten(cls, frac, children):
-        return cls(*children, frac)
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.w.shape)
+    def __repr__(self) -> str:  # never print a weight or a mask
+        return f"ServerWeight(shape={self.shape}, frac={self.frac}, transposed={self.transposed})"
 
     @property
     def T(self) -> "ServerWeight":
         """The transposed weight under the transposed mask (e.g. a tied LM head); no set-up."""
-        return ServerWeight(self.w.T, self.f.T, self.mask.T, None if self.w_small is None else self.w_small.T,
-                            self.frac)
+        t = lambda a: None if a is None else a.T  # noqa: E731
+        return ServerWeight(t(self.w), t(self.f), t(self.mask), t(self.w_small), self.handle, self.frac,
+                            self.shape[::-1], not self.transposed)
 
 
 def setup_weight(ctx: Context, w, frac: int | None = None, op: str = "weight") -> ServerWeight:
@@ -127,28 +133,43 @@ def setup_weight(ctx: Context, w, frac: int | None = None, op: str = "weight") -
     Cost (ledger kind "setup"): 8·|W| bytes from the server, 1 round; no dealer bytes.
     """
     frac = ctx.config.frac_bits if frac is None else frac
-    w_ring = FixedPoint(frac).encode(w) if not (hasattr(w, "dtype") and w.dtype == DTYPE) else jnp.asarray(w)
-    mask = ctx.dealer.weight_mask(w_ring.shape)
-    ctx.channel.setup(op, 0, 8 * int(np.prod(w_ring.shape)))
-    return ServerWeight(w_ring, w_ring - mask, mask, small_operand(w_ring) if w_ring.ndim == 2 else None, frac)
+    shape = tuple(np.shape(w))
+    server = SERVER in ctx.parties
+    w_ring = None
+    if server:
+        w_ring = FixedPoint(frac).encode(w) if not (hasattr(w, "dtype") and w.dtype == DTYPE) else jnp.asarray(w)
+    mask, handle = ctx.dealer.weight_mask(shape)
+    f = ctx.channel.send(op, SERVER, lambda: w_ring - mask, jax.ShapeDtypeStruct(shape, DTYPE), kind="setup")
+    small = small_operand(w_ring) if server and len(shape) == 2 else None
+    return ServerWeight(w_ring, f if CLIENT in ctx.parties else None, mask, small, handle, frac, shape)
 
 
-def _weight_products(ctx: Context, x: Shared, sws: list[ServerWeight], product, op: str) -> list[Shared]:
+def weight_products(ctx: Context, x: Shared, sws: list[ServerWeight], product: str, op: str,
+                    impl=None) -> list[Shared]:
+    """[x ∘ W_j] for server weights reading the same x (∘ = `product`, "matmul" or "mul"),
+    untruncated; `impl`: a bit-identical implementation of the product with bounded
+    memory for vocabulary-sized weights (the server's operand is its small-integer float
+    form when it has one). Cost: 8·|x| bytes from the client, 1 round; dealer 8·Σ|x ∘ W_j|."""
+    fn = impl or PRODUCTS[product]
     # 1. Dealer: the client's mask A (same shape as x) and shares of C_j = A ∘ B_j.
-    a, cs = ctx.dealer.weight_triple([sw.mask for sw in sws], x.shape, product)
+    a, cs = ctx.dealer.weight_triple([sw.mask for sw in sws], [sw.handle for sw in sws], x.shape, product,
+                                     mask_shapes=[sw.shape for sw in sws],
+                                     transposed=[sw.transposed for sw in sws], impl=impl)
     # 2. The client sends E = x_0 − A to the server once (one one-way round).
-    e = ctx.channel.send(op, CLIENT, x.v[CLIENT] - a)
-    outs = []
-    for sw, c in zip(sws, cs):
+    e = ctx.channel.send(op, CLIENT, lambda: x.share(CLIENT) - a, jax.ShapeDtypeStruct(x.shape, DTYPE))
+
+    def party_product(p: int, sw: ServerWeight, c: Shared) -> jax.Array:
         # 3. Client: A ∘ F + c_0 (A, F, c_0 are known before the call: precomputable).
         #    Server: (x_1 + E) ∘ W + c_1.     Sum: A∘(F + B − W) + x∘W = x∘W.
-        z0 = product(a, sw.f) + c.v[CLIENT]
-        if product is ring_matmul and sw.w_small is not None:
-            z1 = ring_matmul_small(x.v[SERVER] + e, sw.w_small) + c.v[SERVER]
-        else:
-            z1 = product(x.v[SERVER] + e, sw.w) + c.v[SERVER]
-        outs.append(Shared.from_parties(z0, z1, x.frac + sw.frac))
-    return outs
+        if p == CLIENT:
+            return fn(a, sw.f) + c.share(CLIENT)
+        if impl is not None:
+            return impl(x.share(SERVER) + e, sw.w if sw.w_small is None else sw.w_small) + c.share(SERVER)
+        if product == "matmul" and sw.w_small is not None:
+            return ring_matmul_small(x.share(SERVER) + e, sw.w_small) + c.share(SERVER)
+        return fn(x.share(SERVER) + e, sw.w) + c.share(SERVER)
+
+    return [local(ctx.parties, lambda p: party_product(p, sw, c), x.frac + sw.frac) for sw, c in zip(sws, cs)]
 
 
 def matmul_weight(ctx: Context, x: Shared, sw: ServerWeight, op: str = "matmul_weight") -> Shared:
@@ -168,14 +189,14 @@ def matmul_weights(ctx: Context, x: Shared, sws: list[ServerWeight], op: str = "
     for sw in sws:
         if x.shape[-1] != sw.shape[0]:
             raise ValueError(f"matmul_weight: {x.shape} @ {sw.shape}")
-    return _weight_products(ctx, x, sws, ring_matmul, op)
+    return weight_products(ctx, x, sws, "matmul", op)
 
 
 def mul_weight(ctx: Context, x: Shared, sw: ServerWeight, op: str = "mul_weight") -> Shared:
     """x ∘ w elementwise for a server-held tensor w broadcast against x (e.g. a norm's
     scale), untruncated. Same protocol as `matmul_weight`.
     Cost: 8·|x| bytes from the client, 1 round."""
-    return _weight_products(ctx, x, [sw], jnp.multiply, op)[0]
+    return weight_products(ctx, x, [sw], "mul", op)[0]
 
 
 def linear(ctx: Context, x: Shared, sw: ServerWeight, bias: jax.Array | None = None,
@@ -213,15 +234,17 @@ class MaskedShared:
     when appended and reused by every later step's QKᵀ and PV).
     """
 
-    mask: Shared  # B, shared; the dealer keeps its value (sum of the shares)
+    mask: Shared  # B, shared; the dealer can rebuild it from `rows`
     opened: jax.Array  # F = Y − B, public
+    rows: jax.Array  # (*row axes, 2) int64: per row, the request that masked it and its word offset
+    perm: tuple[int, ...] | None = None  # axes order relative to the layout `rows` describes
 
     def tree_flatten(self):
-        return (self.mask, self.opened), None
+        return (self.mask, self.opened, self.rows), self.perm
 
     @classmethod
-    def tree_unflatten(cls, _, children):
-        return cls(*children)
+    def tree_unflatten(cls, perm, children):
+        return cls(*children, perm)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -236,15 +259,26 @@ class MaskedShared:
         return self.mask.add_public(self.opened)
 
     def transpose(self, *axes) -> "MaskedShared":
-        return MaskedShared(self.mask.transpose(*axes), self.opened.transpose(*axes))
+        base = tuple(range(self.mask.ndim)) if self.perm is None else self.perm
+        return MaskedShared(self.mask.transpose(*axes), self.opened.transpose(*axes), self.rows,
+                            tuple(base[a] for a in axes))
 
 
-def mask_once(ctx: Context, ys: list[Shared], op: str = "mask_once") -> list[MaskedShared]:
+def mask_once(ctx: Context, ys: list[Shared], row_axes: int = 2, op: str = "mask_once") -> list[MaskedShared]:
     """Put fresh dealer masks B on each y and open every F = y − B to both, in one round.
+
+    A row is y's first `row_axes` axes (the cache's batch and position); its descriptor
+    (request number, word offset) names its mask to the dealer.
     Cost: 8·Σ|y| bytes per party, 1 round (once per value, e.g. per appended cache row)."""
-    bs = [ctx.dealer.random_shared(y.shape).with_frac(y.frac) for y in ys]
-    opened = ctx.channel.open(op, [y - b for y, b in zip(ys, bs)])
-    return [MaskedShared(b, f) for b, f in zip(bs, opened)]
+    masks = [ctx.dealer.random_shared(y.shape) for y in ys]
+    opened = ctx.channel.open(op, [y - b.with_frac(y.frac) for y, (b, _) in zip(ys, masks)])
+    out = []
+    for y, (b, nonce), f in zip(ys, masks, opened):
+        lead, width = y.shape[:row_axes], int(np.prod(y.shape[row_axes:], dtype=np.int64))
+        offsets = jnp.arange(int(np.prod(lead, dtype=np.int64)), dtype=jnp.int64).reshape(lead) * width
+        rows = jnp.stack([jnp.broadcast_to(nonce, lead), offsets], axis=-1)
+        out.append(MaskedShared(b.with_frac(y.frac), f, rows))
+    return out
 
 
 def matmul_masked(ctx: Context, x: Shared, y: MaskedShared, op: str = "matmul_masked") -> Shared:
@@ -255,12 +289,10 @@ def matmul_masked(ctx: Context, x: Shared, y: MaskedShared, op: str = "matmul_ma
     3. x @ Y = (E + A)(F + B) = E@F + E@[B] + [A]@F + [C]   (party 0 adds E@F).
     Cost: 8·|x| bytes per party, 1 round — Y's side is never reopened.
     """
-    b_value = y.mask.v[CLIENT] + y.mask.v[SERVER]  # the dealer's own copy of B
-    a, c = ctx.dealer.operand_triple(b_value, x.shape)
+    a, c = ctx.dealer.operand_triple(y.mask, y.rows, y.perm or tuple(range(y.mask.ndim)), x.shape)
     e = ctx.channel.open(op, x - a.with_frac(x.frac))
-    z0 = c.v[CLIENT] + ring_matmul(e, y.mask.v[CLIENT]) + ring_matmul(a.v[CLIENT], y.opened) + ring_matmul(e, y.opened)
-    z1 = c.v[SERVER] + ring_matmul(e, y.mask.v[SERVER]) + ring_matmul(a.v[SERVER], y.opened)
-    return Shared.from_parties(z0, z1, x.frac + y.frac)
+    z = c + y.mask.with_frac(0).map(lambda v: ring_matmul(e, v)) + a.map(lambda v: ring_matmul(v, y.opened))
+    return z.add_public(ring_matmul(e, y.opened)).with_frac(x.frac + y.frac)
 
 
 # --- truncation -----------------------------------------------------------------------

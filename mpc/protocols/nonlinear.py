@@ -41,7 +41,7 @@ from mpc.context import Context
 from mpc.protocols import compare as C
 from mpc.protocols import linear as L
 from mpc.ring import DTYPE, ring_matmul
-from mpc.shares import Shared, XorShared, concatenate, stack
+from mpc.shares import Shared, XorShared, concatenate, concatenate_xor, stack, stack_xor
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -59,9 +59,7 @@ def _pow2(k) -> np.ndarray:
 
 def bcast(x: Shared, shape) -> Shared:
     """Broadcast a shared tensor to `shape` (numpy rules, leading axes added)."""
-    shape = tuple(shape)
-    v = x.v.reshape((2,) + (1,) * (len(shape) - x.ndim) + x.shape)
-    return Shared(jnp.broadcast_to(v, (2, *shape)), x.frac)
+    return x.broadcast_to(shape)
 
 
 def _with_bits(ctx: Context, bits: int) -> Context:
@@ -86,7 +84,7 @@ def coarse_view(x: Shared, drop: int) -> Shared:
     2^(64 − drop) and up to one unit: an input to `coarse` comparisons, nothing else."""
     if drop == 0:
         return x.with_frac(0)
-    return Shared(x.v >> np.uint64(drop), 0)
+    return x.map(lambda v: v >> np.uint64(drop), frac=0)
 
 
 def coarse_lt(ctx: Context, x: Shared, thresholds, cmp: CoarseCompare | tuple[int, int],
@@ -114,17 +112,16 @@ def select_many(ctx: Context, bits: XorShared, values: Shared, op: str = "select
     """Σ_r bits[r]·values[r] over the leading axis, in one round (`compare.select_bit` on
     the stacked values; the bits broadcast against them)."""
     shape = np.broadcast_shapes(bits.shape, values.shape)
-    b = XorShared(jnp.broadcast_to(bits.v, (2, *shape)))
-    return C.select_bit(ctx, b, bcast(values, shape), op=op).sum(axis=0)
+    return C.select_bit(ctx, bits.broadcast_to(shape), bcast(values, shape), op=op).sum(axis=0)
 
 
 def _bit(b: XorShared, i: int) -> XorShared:
-    return XorShared(b.v[:, i])
+    return b[i]
 
 
 def _public_linear(x: Shared, a: np.ndarray) -> Shared:
     """x @ A along the last axis for a public integer matrix A (local, exact)."""
-    return Shared(ring_matmul(x.v, np.asarray(a, np.int64).astype(np.uint64)), x.frac)
+    return x.map(lambda v: ring_matmul(v, np.asarray(a, np.int64).astype(np.uint64)))
 
 
 # --- polynomials ------------------------------------------------------------------------------
@@ -177,7 +174,7 @@ def poly(ctx: Context, x: Shared, polys, out_frac: int, op: str = "poly") -> lis
     g = f_top + cbits
     outs = []
     for cs, _ in polys:
-        acc = Shared.public(jnp.broadcast_to(ring_const(cs[0], g), x.shape), g)
+        acc = Shared.public(jnp.broadcast_to(ring_const(cs[0], g), x.shape), g, x.parties)
         for i, c in enumerate(cs[1:], start=1):
             if c == 0.0:
                 continue
@@ -244,9 +241,9 @@ def _normalise(ctx: Context, x: Shared, lo: float, hi: float, op: str):
             raise ValueError(f"normalise: range [{lo:g}, {hi:g}] at scale 2^{q} exceeds the ring")
         thr = (2.0 ** es[1:]).reshape((-1,) + (1,) * x.ndim)
         b = coarse_lt(ctx, x, thr, (bits, drop), op=f"{op}/exponent")  # (E−1, ...)
-        zero = jnp.zeros((1, *b.shape[1:]), DTYPE)
-        lower = XorShared(jnp.concatenate([jnp.broadcast_to(zero, (2, *zero.shape)), b.v], axis=1))
-        upper = XorShared(jnp.concatenate([b.v, jnp.broadcast_to(zero, (2, *zero.shape))], axis=1)).xor_public(
+        zero = XorShared(jnp.zeros((len(ctx.parties), 1, *b.shape[1:]), DTYPE), ctx.parties)
+        lower = concatenate_xor([zero, b])
+        upper = concatenate_xor([b, zero]).xor_public(
             np.concatenate([np.zeros(len(es) - 1, np.uint64), np.ones(1, np.uint64)]).reshape(
                 (-1,) + (1,) * x.ndim))
         onehot = upper ^ lower  # o_e = b_(e+1) ⊕ b_e with b_jlo = 0, b_jhi = 1
@@ -343,7 +340,7 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     items = [x, *carry]
     vals = stack([v.with_frac(0) for v in items])  # (K, ..., g)
     win = C.not_bit(loses)
-    win = XorShared(jnp.broadcast_to(win.v[:, None], (2, *vals.shape)))
+    win = win.map(lambda v: v[:, None]).broadcast_to(vals.shape)
     picked = C.select_bit(ctx, win, vals, op=f"{op}/select").sum(axis=-1)  # (K, ...)
     outs = [picked[k].with_frac(v.frac) for k, v in enumerate(items)]
     return outs[0], outs[1:]
@@ -363,7 +360,7 @@ def tree_max(ctx: Context, x: Shared, cmp: CoarseCompare, group: int, with_index
     Cost: levels × group_max.
     """
     n = x.shape[-1]
-    idx = Shared.public(jnp.broadcast_to(jnp.arange(n, dtype=DTYPE), x.shape)) if with_index else None
+    idx = Shared.public(jnp.broadcast_to(jnp.arange(n, dtype=DTYPE), x.shape), 0, x.parties) if with_index else None
     levels = tree_levels(n, group)
     size = math.ceil(n ** (1.0 / levels) - 1e-9) if levels else 1
     for level in range(levels):
@@ -437,10 +434,10 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
             continue
         if a not in (0.0, 1.0):
             raise ValueError(f"piecewise: tail slope must be 0 or 1, got {a}")
-        v = x if a == 1.0 else Shared.public(jnp.zeros(x.shape, DTYPE), f)
+        v = x if a == 1.0 else Shared.public(jnp.zeros(x.shape, DTYPE), f, x.parties)
         values.append(v.add_public(ring_const(c, f)) if c else v)
         sel.append(bit)
-    sel = XorShared(jnp.stack([b.v for b in sel], axis=1))
+    sel = stack_xor(sel)
     return select_many(ctx, sel, stack(values), op=f"{op}/select")
 
 

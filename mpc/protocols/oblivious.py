@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from mpc.context import Context
-from mpc.shares import CLIENT, SERVER, Shared
+from mpc.ring import DTYPE
+from mpc.shares import CLIENT, SERVER, Shared, local
 
 
 def select_client_index(ctx: Context, row: Shared, index: jax.Array, op: str = "oblivious_select") -> Shared:
@@ -33,16 +34,28 @@ def select_client_index(ctx: Context, row: Shared, index: jax.Array, op: str = "
     if row.ndim != 2 or index.shape != row.shape[:1]:
         raise ValueError(f"select_client_index: rows {row.shape}, indices {index.shape}")
     rows, width = row.shape
-    pads, t, pad_t = ctx.dealer.index_ot(rows, width)
+    ot = ctx.dealer.index_ot(rows, width)  # client: (t, R[t]); server: (R,)
     # 2. client -> server (piggybacked): the index offset
-    d = ctx.channel.send(op + "/offset", CLIENT, (jnp.asarray(index, jnp.int32) - t) % width,
+    d = ctx.channel.send(op + "/offset", CLIENT, lambda: (jnp.asarray(index, jnp.int32) - ot[CLIENT][0]) % width,
+                         jax.ShapeDtypeStruct((rows,), jnp.int32),
                          bits=max(8, 8 * math.ceil(math.log2(width) / 8)), piggyback=True)
     # 3. server -> client: its share rotated by d, re-masked by σ, padded by R
     sigma = ctx.dealer.party_random(SERVER, (rows,))
-    cols = (jnp.arange(width)[None, :] + d[:, None]) % width  # (R, V)
-    rotated = jnp.take_along_axis(row.v[SERVER], cols, axis=1)
-    masked = ctx.channel.send(op, SERVER, rotated + sigma[:, None] + pads)
-    # 4. client unpads its one entry
-    picked = jnp.take_along_axis(masked, t[:, None], axis=1)[:, 0] - pad_t  # s_1[x] + σ
-    own = jnp.take_along_axis(row.v[CLIENT], jnp.asarray(index, jnp.int32)[:, None], axis=1)[:, 0]
-    return Shared.from_parties(own + picked, -sigma, row.frac)
+
+    def server_message():
+        cols = (jnp.arange(width)[None, :] + d[:, None]) % width  # (R, V)
+        rotated = jnp.take_along_axis(row.share(SERVER), cols, axis=1)
+        return rotated + sigma[:, None] + ot[SERVER][0]
+
+    masked = ctx.channel.send(op, SERVER, server_message, jax.ShapeDtypeStruct((rows, width), DTYPE))
+
+    def new_share(p: int) -> jax.Array:
+        if p == SERVER:
+            return -sigma
+        # 4. client unpads its one entry
+        t, pad_t = ot[CLIENT]
+        picked = jnp.take_along_axis(masked, t[:, None], axis=1)[:, 0] - pad_t  # s_1[x] + σ
+        own = jnp.take_along_axis(row.share(CLIENT), jnp.asarray(index, jnp.int32)[:, None], axis=1)[:, 0]
+        return own + picked
+
+    return local(ctx.parties, new_share, row.frac)

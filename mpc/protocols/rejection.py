@@ -72,9 +72,9 @@ def first_rejection(ctx: Context, accept: XorShared, to=CLIENT, op: str = "first
     (8 bytes per sender).
     """
     (gamma,) = accept.shape
-    packed = XorShared(jnp.bitwise_xor.reduce(accept.v << jnp.arange(gamma, dtype=jnp.uint64)[None], axis=1))
+    packed = accept.map(lambda v: jnp.bitwise_xor.reduce(v << jnp.arange(gamma, dtype=jnp.uint64)[None], axis=1))
     run = C.prefix_and(ctx, packed, gamma, op=op + "/prefix_and")  # one word
-    bits = XorShared((run.v[:, None] >> jnp.arange(gamma, dtype=jnp.uint64)[None]) & ONE)  # (γ,)
+    bits = run.map(lambda v: (v[:, None] >> jnp.arange(gamma, dtype=jnp.uint64)[None]) & ONE)  # (γ,)
     n = C.b2a(ctx, bits, op=op + "/b2a").sum()
     return ctx.channel.open(op + "/open", n, to=to)
 
@@ -160,7 +160,7 @@ def greedy_verify(ctx: Context, logits: Shared, drafts, op: str = "verify"):
     d = best[:gamma].add_public((-jnp.asarray(drafts, jnp.int64)).astype(jnp.uint64), party=CLIENT)
     bits = max(8, math.ceil(math.log2(max(V, 2))) + 2)
     signs = C.msb(ctx, concatenate([d, -d]), op=f"{op}/differs", bits=bits)
-    differs = XorShared(signs.v[:, :gamma] ^ signs.v[:, gamma:])
+    differs = signs[:gamma] ^ signs[gamma:]
     n = first_rejection(ctx, C.not_bit(differs), to=BOTH, op=f"{op}/first_rejection")
     token = ctx.channel.open(f"{op}/open_token", best[jnp.asarray(n, jnp.int32)], to=CLIENT)
     return n, token.astype(jnp.int64)

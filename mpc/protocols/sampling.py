@@ -59,7 +59,7 @@ def sample_index(ctx: Context, w: Shared, op: str = "sample") -> Shared:
     # 2. u from both parties' own random bits
     words = ctx.dealer.own_random(batch)
     shifts = np.arange(nbits, dtype=np.uint64).reshape((-1,) + (1,) * len(batch))
-    bits = XorShared(((words.v[:, None] >> shifts[None]) & np.uint64(1)))  # (F, *batch)
+    bits = words.map(lambda v: (v[:, None] >> shifts[None]) & np.uint64(1))  # (F, *batch)
     u_bits = C.b2a(ctx, bits, op=f"{op}/u")
     u = u_bits.mul_public((np.uint64(1) << shifts)).sum(axis=0).with_frac(nbits)  # (*batch,)
     # 1., 3. prefix sums and t = u·W
@@ -67,7 +67,7 @@ def sample_index(ctx: Context, w: Shared, op: str = "sample") -> Shared:
     total = prefix[..., v - 1:]
     t = L.mul(ctx, u[..., None], total, op=f"{op}/threshold")  # scale F + frac, exact
     if v == 1:
-        return Shared.public(jnp.zeros((*batch,), DTYPE))
+        return Shared.public(jnp.zeros((*batch,), DTYPE), parties=ctx.parties)
     scaled = prefix[..., :v - 1].mul_public(np.uint64(1) << np.uint64(nbits), frac=t.frac)
     # 4. c_k = [t < P_k]
     bits, drop = nl.sample_compare.params(t.frac)

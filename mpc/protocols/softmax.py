@@ -48,7 +48,7 @@ def softmax(ctx: Context, x: Shared, mask=None, temperature: float = 1.0, op: st
     m, _ = tree_max(ctx, x, nl.softmax_max_compare, nl.max_group, op=f"{op}/max")
     e = exp(ctx, x - m[..., None], out_frac=nl.exp_frac, op=f"{op}/exp")
     if mask is not None:
-        e = where_public(mask, e, Shared.public(jnp.zeros(e.shape, DTYPE), e.frac))
+        e = where_public(mask, e, Shared.public(jnp.zeros(e.shape, DTYPE), e.frac, e.parties))
     total = e.sum(axis=-1, keepdims=True)
     r = reciprocal(ctx, total, lo=1.0, hi=1.04 * n, op=f"{op}/reciprocal")
     p = L.mul(ctx, e, r, op=f"{op}/normalise")

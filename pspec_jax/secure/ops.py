@@ -92,7 +92,7 @@ def blocked_ring_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _is_large(sw: L.ServerWeight) -> bool:
-    return sw.w_small is not None and len(sw.shape) == 2 and _block_width(*sw.shape) != sw.shape[1]
+    return len(sw.shape) == 2 and _block_width(*sw.shape) != sw.shape[1]
 
 
 def _weight_product(ctx: mpc.Context, x: Shared, sw: L.ServerWeight, op: str) -> Shared:
@@ -103,8 +103,7 @@ def _weight_product(ctx: mpc.Context, x: Shared, sw: L.ServerWeight, op: str) ->
         return L.matmul_weight(ctx, x, sw, op=op)
     if x.shape[-1] != sw.shape[0]:
         raise ValueError(f"matmul_weight: {x.shape} @ {sw.shape}")
-    server_form = L.ServerWeight(sw.w_small, sw.f, sw.mask, None, sw.frac)  # only for this call
-    return L._weight_products(ctx, x, [server_form], blocked_ring_product, op)[0]
+    return L.weight_products(ctx, x, [sw], "matmul", op, impl=blocked_ring_product)[0]
 
 
 class SecureOps:
@@ -178,7 +177,11 @@ class SecureOps:
         each row's masked value is opened when it is appended and reused by every later
         step, so a step opens only its new rows and its queries."""
         shape = (batch, max_len, n_kv_heads, head_dim)
-        empty = L.MaskedShared(Shared(jnp.zeros((2, *shape), jnp.uint64), self.frac), jnp.zeros(shape, jnp.uint64))
+        parties = self.ctx.parties
+        never_written = jnp.concatenate([jnp.full((batch, max_len, 1), -1, jnp.int64),
+                                         jnp.zeros((batch, max_len, 1), jnp.int64)], axis=-1)
+        empty = L.MaskedShared(Shared(jnp.zeros((len(parties), *shape), jnp.uint64), self.frac, parties),
+                               jnp.zeros(shape, jnp.uint64), never_written)
         return {"k": empty, "v": empty}
 
     def attention(self, q: Shared, k_new: Shared, v_new: Shared, layer_cache, start):
@@ -196,12 +199,13 @@ class SecureOps:
         zero = jnp.zeros((), jnp.int32)
 
         def write(cache: L.MaskedShared, new: L.MaskedShared) -> L.MaskedShared:
-            mask = jax.lax.dynamic_update_slice(cache.mask.v, new.mask.v, (zero, zero, start, zero, zero))
+            mask = cache.mask.map(lambda v: jax.lax.dynamic_update_slice(v, new.mask.v, (zero, zero, start, zero, zero)))
             opened = jax.lax.dynamic_update_slice(cache.opened, new.opened, (zero, start, zero, zero))
-            return L.MaskedShared(Shared(mask, cache.frac), opened)
+            rows = jax.lax.dynamic_update_slice(cache.rows, new.rows, (zero, start, zero))
+            return L.MaskedShared(mask, opened, rows)
 
         with ctx.ledger.scope("attention"):
-            k_rows, v_rows = L.mask_once(ctx, [k_new, v_new], op="kv_append")
+            k_rows, v_rows = L.mask_once(ctx, [k_new, v_new], row_axes=2, op="kv_append")
             k, v = write(layer_cache["k"], k_rows), write(layer_cache["v"], v_rows)  # (B, S, K, D)
             S = k.shape[1]
             # queries grouped by kv head: (B, K, G·T, D); keys as (B, K, D, S); values (B, K, S, D)

@@ -40,9 +40,13 @@ class SecureSession:
     """The private model, its weights prepared for 2PC, and the shared KV cache."""
 
     def __init__(self, config: ModelConfig, params: Any, max_len: int | None = None,
-                 mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG, seed: bytes | None = None) -> None:
+                 mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG, seed: bytes | None = None,
+                 ctx: mpc.Context | None = None) -> None:
+        """`params`: the private weights (the server; zeros of their shapes at a client
+        process, which never holds them). `ctx`: a party process's context
+        (`mpc.party_context`); by default a simulated session keyed from `seed`."""
         self.config = config
-        self.ctx = mpc.Context(mpc_config, seed=seed)
+        self.ctx = ctx if ctx is not None else mpc.Context(mpc_config, seed=seed)
         self.ops = SecureOps(self.ctx)
         t0 = time.perf_counter()
         # The server folds each block's norm scale into the linear layers after it (its own
