@@ -97,7 +97,7 @@ def secure_jit(fn: Callable) -> Callable:
     running it (args may be `jax.ShapeDtypeStruct` leaves) and returns its abstract
     outputs; with a `concurrent.futures` executor the XLA compilation runs there, so
     several programs compile in parallel (tracing stays in the calling thread: call it
-    from one thread per context, before that context runs anything).
+    from the thread that runs the context, never while another thread runs it).
     """
 
     def program(ctx: Context, args, static, executor=None):

@@ -337,7 +337,7 @@ def verify_section(cfg, cases) -> None:
         save()
 
 
-@section("parallel compilation (all programs, before any runs)")
+@section("parallel compilation (this phase's programs, before its runs)")
 def compile_section(cfg, tokens, cases) -> None:
     """Traces every program in this thread and compiles them in a pool of threads (XLA
     compiles without the GIL): compile wall time ≈ the slowest program, not the sum."""
@@ -346,16 +346,17 @@ def compile_section(cfg, tokens, cases) -> None:
     workers = ARGS.parallel_compile
     t0 = time.perf_counter()
     futures = []
+    session, ctx = STATE.get("session"), verify_ctx()
+    ctxs = {"session": session.ctx if session is not None else None, "verify": ctx}
+    before = {name: set(c._programs) for name, c in ctxs.items() if c is not None}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
-        session = STATE.get("session")
         if session is not None and tokens:
             session.precompile(tokens, executor=ex)
-            futures += [(f"session T in {tokens}", v[0]) for v in session.ctx._programs.values()]
-        ctx = verify_ctx()
         for g, mode in cases:
             fn, args, static = verify_call(cfg, g, mode)
             fn.precompile(ctx, *args, executor=ex, **static)
-        futures += [("verify", v[0]) for v in ctx._programs.values()]
+        futures = [(name, v[0]) for name, c in ctxs.items() if c is not None
+                   for k, v in c._programs.items() if k not in before[name]]
         traced = time.perf_counter() - t0
         say(f"- traced {len(futures)} programs in {traced:.1f} s; compiling on {workers} threads ...")
         done_at = []
@@ -372,7 +373,9 @@ def compile_section(cfg, tokens, cases) -> None:
             if isinstance(prog, concurrent.futures.Future) and prog.exception() is not None:
                 del c._programs[k]
     total = time.perf_counter() - t0
-    RESULT["compile"] = {"programs": len(futures), "trace_s": traced, "wall_s": total, "workers": workers}
+    RESULT.setdefault("compile", []).append({"programs": len(futures), "tokens": list(tokens),
+                                             "cases": [list(c) for c in cases], "trace_s": traced,
+                                             "wall_s": total, "workers": workers, "done_at_s": done_at})
     say(f"- {len(futures)} programs traced and compiled in {total:.1f} s wall ({traced:.1f} s tracing); "
         "first calls below then exclude compilation")
 
@@ -523,20 +526,25 @@ def main(argv=None) -> int:
     first_cases = [c for c in cases if c in ((0, "sample"), (g, "sample"))]
     if sections & {"forward", "decode"}:
         session_section(cfg, params)
+    # Each phase's programs compile first, in parallel (--parallel-compile).
+    fwd = bool(sections & {"forward", "decode"})
+    ver = bool(sections & {"verify", "decode"})
     if ARGS.parallel_compile > 0:
-        compile_section(cfg, ARGS.tokens if sections & {"forward", "decode"} else [],
-                        cases if sections & {"verify", "decode"} else [])
-    if sections & {"forward", "decode"}:
+        compile_section(cfg, first_t if fwd else [], first_cases if ver else [])
+    if fwd:
         prefill_section(cfg)
         forward_section(first_t)
-    if sections & {"verify", "decode"} and first_cases:
+    if ver and first_cases:
         verify_section(cfg, first_cases)
     if "decode" in sections:
         decode_section()
-    if "forward" in sections and [T for T in ARGS.tokens if T not in first_t]:
-        forward_section([T for T in ARGS.tokens if T not in first_t])
-    rest = [c for c in cases if c not in first_cases]
-    if "verify" in sections and rest:
+    rest_t = [T for T in ARGS.tokens if T not in first_t] if "forward" in sections else []
+    rest = [c for c in cases if c not in first_cases] if "verify" in sections else []
+    if ARGS.parallel_compile > 0 and (rest_t or rest):
+        compile_section(cfg, rest_t, rest)
+    if rest_t:
+        forward_section(rest_t)
+    if rest:
         verify_section(cfg, rest)
         if "decode" in sections:
             decode_section()

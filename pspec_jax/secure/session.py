@@ -110,7 +110,7 @@ class SecureSession:
     def precompile(self, tokens, with_logits: bool = True, executor=None) -> None:
         """Compiles the programs of passes over each T in `tokens` without running them
         (embedding, block, head at the cache's shapes); with a `concurrent.futures`
-        executor they compile in parallel. Call before the session's first pass."""
+        executor they compile in parallel. Call from the thread that runs the session."""
         cfg = self.config
         for T in tokens:
             ids = jnp.zeros((1, T), jnp.int32)
