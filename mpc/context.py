@@ -12,6 +12,7 @@ through ordered host callbacks (see `mpc.dealer`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -106,21 +107,39 @@ def secure_jit(fn: Callable) -> Callable:
 
     `args` is a pytree of arrays / shared tensors; keyword arguments are static (hashable)
     and part of the cache key.
+
+    `wrapped.precompile(ctx, *args, executor=None, **static)` traces the program without
+    running it (args may be `jax.ShapeDtypeStruct` leaves) and returns its abstract
+    outputs; with a `concurrent.futures` executor the XLA compilation runs there, so
+    several programs compile in parallel (tracing stays in the calling thread: call it
+    from the thread that runs the context, never while another thread runs it).
     """
 
-    @functools.wraps(fn)
-    def wrapped(ctx: Context, *args, **static):
+    def program(ctx: Context, args, static, executor=None):
         leaves, tree = jax.tree_util.tree_flatten(args)
         sig = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
         key = (fn, tree, sig, tuple(sorted(static.items())))
         if key not in ctx._programs:
             jitted = jax.jit(lambda *a: fn(ctx, *a, **static))
             with ctx.ledger.capture() as entries:
-                compiled = jitted.lower(*args).compile()
-            ctx._programs[key] = (compiled, entries)
-        compiled, entries = ctx._programs[key]
+                lowered = jitted.lower(*args)
+            compiled = executor.submit(lowered.compile) if executor is not None else lowered.compile()
+            ctx._programs[key] = (compiled, entries, lowered.out_info)
+        compiled, entries, out_info = ctx._programs[key]
+        if isinstance(compiled, concurrent.futures.Future) and executor is None:
+            compiled = compiled.result()
+            ctx._programs[key] = (compiled, entries, out_info)
+        return compiled, entries, out_info
+
+    @functools.wraps(fn)
+    def wrapped(ctx: Context, *args, **static):
+        compiled, entries, _ = program(ctx, args, static)
         out = compiled(*args)
         ctx.ledger.extend(entries)
         return out
 
+    def precompile(ctx: Context, *args, executor=None, **static):
+        return program(ctx, args, static, executor)[2]
+
+    wrapped.precompile = precompile
     return wrapped

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pspec_jax.decode import Sampling, generate_plain
+from pspec_jax.models.config import smollm2_135m_config
 
 pytestmark = pytest.mark.model
 
@@ -19,6 +20,10 @@ def test_default_model_config_and_tokenizer(smollm2):
     assert (c.family, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff,
             c.vocab_size, c.rope_theta, c.tie_embeddings) == (
         "llama", 30, 576, 9, 3, 64, 1536, 49152, 100000.0, True)
+    shape = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+             "rope_theta", "tie_embeddings")
+    ref = smollm2_135m_config()  # the random-weight stand-in of scripts/gpu_check.py
+    assert all(getattr(c, k) == getattr(ref, k) for k in shape)
     assert drafter.config.n_layers < c.n_layers and drafter.tokenizer is private.tokenizer
     tok = private.tokenizer
     # No BOS: the GGUF says add_bos_token=false (as the HF tokenizer does); these ids are

@@ -195,3 +195,15 @@ def tiny_config(family: Family = "llama", **overrides: Any) -> ModelConfig:
     if base["family"] == "gpt2":
         base["n_kv_heads"] = base["n_heads"]
     return ModelConfig(**base)
+
+
+def smollm2_135m_config(**overrides: Any) -> ModelConfig:
+    """SmolLM2-135M(-Instruct)'s shape (what `pspec fetch` loads; `tests/test_models_smollm2`
+    checks the loaded model against it): 30 LLaMA blocks, d 576, 9 query / 3 key-value heads
+    of 64, SwiGLU 1536, vocabulary 49,152, RoPE θ 1e5, RMSNorm, tied embeddings. For
+    benchmarks with random weights (`init_params`) where the checkpoint is not at hand."""
+    base: dict[str, Any] = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9,
+                                n_kv_heads=3, head_dim=64, d_ff=1536, max_seq_len=8192, norm_eps=1e-5,
+                                rope_theta=100000.0, tie_embeddings=True, bos_token_id=1, eos_token_id=2)
+    base.update(overrides)
+    return ModelConfig(**base)

@@ -111,6 +111,23 @@ class SecureSession:
         self.cache = KVCache(layers=tuple(layers), length=jnp.asarray(start + T, jnp.int32))
         return logits
 
+    def precompile(self, tokens, with_logits: bool = True, executor=None) -> None:
+        """Compiles the programs of passes over each T in `tokens` without running them
+        (embedding, block, head at the cache's shapes); with a `concurrent.futures`
+        executor they compile in parallel. Call from the thread that runs the session."""
+        cfg = self.config
+        for T in tokens:
+            ids = jnp.zeros((1, T), jnp.int32)
+            positions = jnp.arange(T, dtype=jnp.int32)
+            rope = arch.rope_tables(positions, cfg.head_dim, cfg.rope_theta) if cfg.family == "llama" else None
+            embed_params = {k: v for k, v in self.params.items() if k in ("embed", "pos_embed")}
+            x = self._embed.precompile(self.ctx, embed_params, ids, positions, executor=executor)
+            _, x = self._block.precompile(self.ctx, self.params["layers"][0], x, self.cache.layers[0],
+                                          jnp.asarray(0, jnp.int32), rope, executor=executor)
+            if with_logits:
+                head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
+                self._head.precompile(self.ctx, head_params, x, executor=executor)
+
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ValueError(f"rollback to {length} outside [0, {self.length}]")
