@@ -62,6 +62,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"learning rate must be > 0, got {self.lr}")
+        for name in ("checkpoint_every", "refresh", "warmup"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:

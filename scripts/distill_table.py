@@ -35,7 +35,9 @@ def main() -> int:
                     choices=["corpus", "teacher", "onpolicy"])
     ap.add_argument("--tokens", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-root", default="/tmp/pspec-distill-table")
+    ap.add_argument("--out-root", default="/tmp/pspec-distill-table",
+                    help="one folder per run; rerunning over existing ones needs `-- --restart` "
+                         "(start over) or `-- --resume` (pspec distill keeps their checkpoints)")
     ap.add_argument("--md", default=None, help="also write the table to this file")
     ap.add_argument("extra", nargs="*", help="more `pspec distill` options after --")
     a = ap.parse_args()

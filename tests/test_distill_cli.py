@@ -43,20 +43,51 @@ def test_distill_writes_a_loadable_drafter(tiny_folder, tmp_path, monkeypatch, c
     assert rc == 0 and _json_out(capsys)["acceptance_rate"] > 0.998
 
 
+def _run(capsys, argv):
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,msg", [
-    (["--loss", "kl"], "invalid choice"),
+    (["--loss", "kl"], "invalid choice: 'kl'"),
     (["--student", "huge"], "unknown student preset"),
     (["--student", "trunc9"], "only 3 layers"),
-    (["--tokens", "0"], "--tokens"),
+    (["--tokens", "0"], "--tokens must be >= 1, got 0"),
+    (["--batch", "0"], "batch must be >= 1, got 0"),
+    (["--per-prompt", "0"], "--per-prompt must be >= 1, got 0"),
+    (["--checkpoint-every", "-1"], "checkpoint_every must be >= 0, got -1"),
+    (["--resume", "--restart"], "not both"),
 ])
 def test_distill_bad_input_is_one_line_exit_2(tiny_folder, tmp_path, monkeypatch, capsys, argv, msg):
     monkeypatch.setenv("PSPEC_HOME", str(tmp_path / "home"))
     teacher = tiny_folder("teacher", n_layers=3, max_seq_len=256)
-    with pytest.raises(SystemExit) if "invalid" in msg else _nullctx():
-        rc = cli.main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), *argv])
-        assert rc == 2
-    err = capsys.readouterr().err
-    assert msg in err and "Traceback" not in err
+    rc, err = _run(capsys, ["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), *argv])
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pspec: error: ") and msg in lines[0], err
+
+
+def test_distill_keeps_an_earlier_runs_checkpoints(tiny_folder, tmp_path, monkeypatch, capsys):
+    """Without --resume an existing DIR/ckpt is refused (kept, never deleted silently);
+    --restart discards it."""
+    monkeypatch.setenv("PSPEC_HOME", str(tmp_path / "home"))
+    teacher = tiny_folder("teacher", n_layers=3, max_seq_len=256, std=0.3)
+    out = tmp_path / "drafter"
+    saved = out / "ckpt" / "50" / "state"
+    saved.parent.mkdir(parents=True)
+    saved.write_text("an interrupted run's checkpoint")
+    argv = ["distill", "--teacher", str(teacher), "--student", "trunc1", "--tokens", "256",
+            "--seq-len", "64", "--per-prompt", "1", "--no-eval", "--out", str(out), "--json"]
+    rc, err = _run(capsys, argv)
+    assert rc == 2 and "--resume" in err and "--restart" in err and "Traceback" not in err, err
+    assert saved.read_text() == "an interrupted run's checkpoint"
+    # --restart clears them (here before a teacher that does not load: nothing else ran)
+    rc, err = _run(capsys, [*argv[:2], str(tmp_path / "no-teacher"), *argv[3:], "--restart"])
+    assert rc == 2 and "no model at" in err, err
+    assert not (out / "ckpt").exists()
 
 
 def test_eval_acceptance_rejects_other_tokenizer(tiny_folder, tmp_path, monkeypatch, capsys):
@@ -65,14 +96,6 @@ def test_eval_acceptance_rejects_other_tokenizer(tiny_folder, tmp_path, monkeypa
     other = tiny_folder("other", max_seq_len=256, shuffle_seed=3)
     rc = cli.main(["eval-acceptance", "--private", str(teacher), "--public", str(other)])
     assert rc == 2 and "tokenizer" in capsys.readouterr().err
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_corpus_windows_are_deterministic(monkeypatch, tmp_path):

@@ -53,7 +53,15 @@ def test_jsd_matches_numpy(beta):
     p, q = _rows()
     got = np.asarray(L.jensen_shannon(jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32), beta=beta))
     np.testing.assert_allclose(got, np_jsd(p, q, beta), rtol=1e-4, atol=1e-6)
-    assert np.all(got <= np.log(2) + 1e-6) or beta != 0.5
+    # JSD(β) ≤ H(β) = −β log β − (1 − β) log(1 − β) (log 2 at β = ½), with equality exactly
+    # when the supports are disjoint; and swapping p and q is swapping β and 1 − β.
+    h = -beta * np.log(beta) - (1 - beta) * np.log(1 - beta)
+    assert np.all(got <= h + 1e-6) and np.all(got > 1e-3)
+    disjoint_p = jnp.asarray([[0.6, 0.4, 0.0, 0.0]], jnp.float32)
+    disjoint_q = jnp.asarray([[0.0, 0.0, 0.3, 0.7]], jnp.float32)
+    assert float(L.jensen_shannon(disjoint_p, disjoint_q, beta=beta)[0]) == pytest.approx(h, rel=1e-5)
+    swapped = np.asarray(L.jensen_shannon(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32), beta=1 - beta))
+    np.testing.assert_allclose(swapped, got, rtol=1e-4, atol=1e-6)
 
 
 def test_tv_is_half_l1_sum_not_mean():
@@ -62,8 +70,13 @@ def test_tv_is_half_l1_sum_not_mean():
     assert float(L.total_variation(p, q)[0]) == pytest.approx(1.0)  # a mean would give 0.5
     q2 = jnp.asarray([[0.5, 0.5, 0.0, 0.0]], jnp.float32)
     assert float(L.total_variation(p, q2)[0]) == pytest.approx(0.5)
-    # alpha = sum min(p, q) = 1 - TV
-    assert float(jnp.minimum(p, q2).sum()) == pytest.approx(1.0 - 0.5)
+    # the acceptance rate decoding measures is α = Σ min(p, q) = 1 − TV (what the loss targets)
+    from pspec_jax.decode.accept import acceptance_alpha
+
+    assert float(acceptance_alpha(p, q2)[0]) == pytest.approx(1.0 - 0.5)
+    pr, qr = (jnp.asarray(a, jnp.float32) for a in _rows())
+    np.testing.assert_allclose(np.asarray(acceptance_alpha(pr, qr)),
+                               1.0 - np.asarray(L.total_variation(pr, qr)), atol=1e-6)
 
 
 def test_divergences_vanish_at_equality_and_are_positive():

@@ -292,8 +292,9 @@ def test_qk_permutation_inverse():
     np.testing.assert_array_equal(p[1], w[4])
 
 
-def write_gguf(path, m, types, tokenizer=None):
-    """A llama GGUF of bundle `m` as llama.cpp's converter writes it (Q/K permuted)."""
+def write_gguf(path, m, types, tokenizer=None, tweak=None):
+    """A llama GGUF of bundle `m` as llama.cpp's converter writes it (Q/K permuted);
+    `tweak(writer)` may overwrite metadata before the file is written."""
     import gguf
 
     from pspec_jax.models.loaders import hf_state_dict_from_params
@@ -344,6 +345,8 @@ def write_gguf(path, m, types, tokenizer=None):
             w.add_tensor(name, a.astype(np.float32 if qt == gguf.GGMLQuantizationType.F32 else np.float16))
         else:
             w.add_tensor(name, gguf.quants.quantize(a, qt), raw_shape=gguf.quants.quant_shape_to_byte_shape(a.shape, qt), raw_dtype=qt)
+    if tweak is not None:
+        tweak(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -394,6 +397,60 @@ def test_gguf_quantised_types_dequantise(tmp_path):
     # q rows in HF order after un-permuting: the error is small, a permuted layout is not
     a = np.asarray(m.params["layers"][0]["q"]["w"])
     assert np.max(np.abs(a - params["layers"][0]["q"]["w"])) < 0.5 * np.max(np.abs(a - permute_qk(a.T, 4).T))
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("llama.attention.head_count", [4, 4], "llama.attention.head_count must be one integer, got [4, 4]"),
+    ("llama.embedding_length", "64", "llama.embedding_length must be one integer, got '64'"),
+    ("llama.block_count", 2.5, "llama.block_count must be one integer, got 2.5"),
+    ("llama.rope.freq_base", [1e4], "llama.rope.freq_base must be one number"),
+    ("tokenizer.ggml.eos_token_id", [1, 2], "tokenizer.ggml.eos_token_id must be one integer"),
+    ("llama.attention.head_count", 5, "d_model=64 is not divisible by the head count 5"),
+    ("llama.attention.head_count", 0, "head count must be a positive integer, got 0"),
+])
+def test_gguf_bad_metadata_is_user_error(tmp_path, key, value, msg):
+    """Arrays or strings where GGUF should hold one number, and head counts that do not
+    divide the width: a one-line UserError naming the field, not a TypeError or a
+    ZeroDivisionError from deep inside the loader."""
+    def tweak(w):
+        if isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, value)
+
+    m = tiny_model("llama", seed=11, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16)
+    path = write_gguf(tmp_path / "m.gguf", m, {}, tweak=tweak)
+    with pytest.raises(UserError) as e:
+        load_model(path)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gguf_q_rows_that_do_not_fit_the_heads_are_user_error(tmp_path):
+    """key_length stated but inconsistent with the q weight: one line, not a reshape error."""
+    m = tiny_model("llama", seed=11, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16)
+    path = write_gguf(tmp_path / "m.gguf", m, {}, tweak=lambda w: w.add_uint32("llama.attention.key_length", 12))
+    with pytest.raises(UserError, match="attn_q.weight has 64 rows, not 4 heads × 12"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ({"num_attention_heads": 0}, "head count must be a positive integer, got 0"),
+    ({"num_attention_heads": 5}, "d_model=64 is not divisible by the head count 5"),
+])
+def test_hf_config_head_count_is_user_error(fields, msg):
+    d = tiny_config("llama", d_model=64, n_heads=4, head_dim=16).to_hf_dict()
+    del d["head_dim"]
+    d.update(fields)
+    with pytest.raises(UserError, match=msg):
+        ModelConfig.from_hf_dict(d)
+    g = tiny_config("gpt2", d_model=64, n_heads=4).to_hf_dict()
+    g["n_head"] = fields["num_attention_heads"]
+    with pytest.raises(UserError, match=msg):
+        ModelConfig.from_hf_dict(g)
 
 
 def test_corrupt_gguf_is_user_error(tmp_path):

@@ -216,34 +216,81 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def load_secure_costs(path: Path) -> dict[str, Any]:
+    """The secure part of an earlier run (`--reuse-secure`), checked field by field so that
+    a truncated or hand-edited file is a one-line error, not a KeyError mid-way."""
+    import json
+    import math
+
+    if not path.exists():
+        raise UserError(f"--reuse-secure: {path} does not exist (run without it first)")
+    try:
+        secure = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"--reuse-secure: cannot read {path}: {str(err).splitlines()[0]}") from None
+
+    def bad(what: str) -> UserError:
+        return UserError(f"--reuse-secure: {path} is not a saved secure run ({what}); run without "
+                         "--reuse-secure to measure again")
+
+    def number(d: Any, key: str, where: str) -> None:
+        v = d.get(key) if isinstance(d, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise bad(f"{where}.{key} is {v!r}, not a non-negative number")
+
+    if not isinstance(secure, dict):
+        raise bad("not a JSON object")
+    for key in ("baseline", "step_costs", "settings"):
+        if not isinstance(secure.get(key), dict):
+            raise bad(f"no {key!r} object")
+    if not isinstance(secure.get("rows"), list) or not all(isinstance(r, dict) for r in secure["rows"]):
+        raise bad("no 'rows' list")
+    for p in PRESETS:
+        number(secure["baseline"], f"{p}_s_per_token", "baseline")
+    if not secure["step_costs"]:
+        raise bad("no step costs")
+    for g, c in secure["step_costs"].items():
+        if not g.isdigit() or int(g) < 1:
+            raise bad(f"step_costs key {g!r} is not a γ")
+        for key in ("compute_s", "bytes", "rounds", "draft_s", *PRESETS):
+            number(c, key, f"step_costs[{g}]")
+        if any(c[p] == 0 for p in PRESETS):
+            raise bad(f"step_costs[{g}] has no modelled time")
+    for i, r in enumerate(secure["rows"]):
+        if not isinstance(r.get("drafter"), str) or not isinstance(r.get("kind"), str):
+            raise bad(f"rows[{i}] lacks its drafter or kind")
+        for key in ("gamma", "tokens_per_step", *(f"speedup_{p}" for p in PRESETS)):
+            number(r, key, f"rows[{i}]")
+    return secure
+
+
 def run_bench(args) -> dict:
     import json
     import sys
 
     from pspec_jax.commands.generate import default_drafter
     from pspec_jax.decode import Sampling
+    from pspec_jax.decode.common import check_gamma
+    from pspec_jax.decode.post import check_privacy
     from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_default_private, load_model
 
     gammas = tuple(args.gammas or ((2, 4) if args.quick else GAMMAS))
-    if any(g < 1 for g in gammas):
-        raise UserError(f"--gammas must be >= 1, got {gammas}")
+    for g in gammas:
+        check_gamma(g, post=True)
     if args.tokens < 1 or args.prompts < 1:
         raise UserError("--tokens and --prompts must be >= 1")
-    if args.privacy not in ("strict", "paper"):
-        raise UserError(f"unknown --privacy {args.privacy!r} (choose from strict, paper)")
+    check_privacy(args.privacy)
     sampling = Sampling(args.temperature)
+    out_dir = Path(args.out or "out")
+    costs_path = out_dir / "decode_secure.json"
+    # Read the saved secure runs before the models load: a bad file fails in a second.
+    secure = load_secure_costs(costs_path) if args.reuse_secure else None
     private = load_default_private()
     aligned = load_model(args.public, name="drafter") if args.public else default_drafter(private)
     untrained = f"truncated{DEFAULT_DRAFTER_LAYERS} (untrained)"
     drafters = {aligned.name: aligned, untrained: private.truncated(DEFAULT_DRAFTER_LAYERS)}
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    out_dir = Path(args.out or "out")
-    costs_path = out_dir / "decode_secure.json"
-    if args.reuse_secure:
-        if not costs_path.exists():
-            raise UserError(f"--reuse-secure: {costs_path} does not exist (run without it first)")
-        secure = json.loads(costs_path.read_text())
-    else:
+    if secure is None:
         prompts = _prompts(private.tokenizer, args.prompts)
         secure = secure_rows(private, aligned, aligned.name, prompts, gammas, args.tokens, sampling,
                              args.privacy, log=log)

@@ -25,8 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24, dest="max_new_tokens")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 = greedy (default): the output must equal plain greedy decoding")
-    parser.add_argument("--network", default="wan", help="network preset of the cost table (lan, wan, dc)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--network", default=None,
+                        help="network preset of the cost table, post mode (lan, wan, dc; default wan)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="reproduce a run; without it the client's randomness comes from "
+                             "os.urandom (a seeded run is not private)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,10 +37,13 @@ def run(args: argparse.Namespace) -> int:
 
     gen = argparse.ArgumentParser()
     G.add_arguments(gen)
-    gen_args = gen.parse_args([
-        args.prompt, "--mode", args.mode, "--gamma", str(args.gamma),
-        "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
-        "--network", args.network, "--seed", str(args.seed)])
+    argv = [args.prompt, "--mode", args.mode, "--gamma", str(args.gamma),
+            "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature)]
+    if args.mode == "post" or args.network is not None:  # spec refuses --network
+        argv += ["--network", args.network or "wan"]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    gen_args = gen.parse_args(argv)
     what = ("private speculative decoding under 2PC (POST); the first run compiles the secure "
             "programs, a few minutes on 2 cores" if args.mode == "post" else "speculative decoding in the clear")
     print(f"pspec demo: {what}\nprompt: {args.prompt!r}", flush=True)

@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue from DIR/ckpt")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints in DIR/ckpt and start over (without --resume or "
+                        "--restart an existing DIR/ckpt is an error: it is never deleted silently)")
     p.add_argument("--time-limit", type=float, default=0.0,
                    help="stop training after this many minutes (0: no limit); the drafter is "
                         "written at the step reached")
@@ -73,15 +76,37 @@ def run(args: argparse.Namespace) -> int:
     from distill import data, evaluate, export, students, train
     from distill.prompts import EVAL, TRAIN, format_prompt
 
+    # Every option is checked before the teacher loads.
     if args.tokens < 1:
         raise UserError(f"--tokens must be >= 1, got {args.tokens}")
     if args.seq_len < 8:
         raise UserError(f"--seq-len must be >= 8, got {args.seq_len}")
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    for name in ("topk", "per_prompt", "onpolicy_prompts"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.rounds < 0:
+        raise UserError(f"--rounds must be >= 0 (0: automatic), got {args.rounds}")
+    if args.data == "onpolicy" and args.refresh < 1:
+        raise UserError(f"--refresh must be >= 1 with --data onpolicy, got {args.refresh}")
+    # The trainer's options are validated by TrainConfig itself (max(1, ·) only keeps a bad
+    # --batch from dividing by zero before TrainConfig names it).
+    steps = max(1, math.ceil(args.tokens / (max(1, args.batch) * args.seq_len)))
+    tc = train.TrainConfig(loss=args.loss, beta=args.beta, temperature=args.temperature, lr=args.lr,
+                           warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip,
+                           batch=args.batch, steps=steps, seed=args.seed,
+                           checkpoint_every=args.checkpoint_every,
+                           refresh=args.refresh if args.data == "onpolicy" else 0)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    ckpt_dir = out / "ckpt"
+    if args.resume and args.restart:
+        raise UserError("give --resume (continue the run in --out) or --restart (discard it), not both")
+    if not args.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        if not args.restart:
+            raise UserError(f"{ckpt_dir} holds the checkpoints of an earlier run; continue it with "
+                            "--resume or discard them with --restart")
+        shutil.rmtree(ckpt_dir)  # --restart: its steps would clash with the new run's
 
     def log(msg: str) -> None:
         if not args.json:
@@ -94,12 +119,6 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_len > tcfg.max_seq_len:
         raise UserError(f"--seq-len {args.seq_len} exceeds the teacher's context {tcfg.max_seq_len}")
     student = students.build_student(args.student, tcfg, tparams, seed=args.seed)
-    steps = max(1, math.ceil(args.tokens / (args.batch * args.seq_len)))
-    tc = train.TrainConfig(loss=args.loss, beta=args.beta, temperature=args.temperature, lr=args.lr,
-                           warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip,
-                           batch=args.batch, steps=steps, seed=args.seed,
-                           checkpoint_every=args.checkpoint_every,
-                           refresh=args.refresh if args.data == "onpolicy" else 0)
     eos = tok.eos_token_id
     train_prompts = [format_prompt(tok, p) for p in TRAIN]
     log(f"student {student.name}: {students.count(student.split()[0]):,} trained params of "
@@ -142,9 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data != "onpolicy":
         log(f"pool: {len(pool)} sequences, {pool.trained_positions:,} trained positions ({data_s:.0f} s)")
 
-    if not args.resume and (out / "ckpt").exists():
-        shutil.rmtree(out / "ckpt")  # a new run: old checkpoints would clash with its steps
-    result = train.train(student, pool, tc, ckpt_dir=out / "ckpt", resume=args.resume,
+    result = train.train(student, pool, tc, ckpt_dir=ckpt_dir, resume=args.resume,
                          onpolicy=onpolicy, progress=not args.json, log=log,
                          deadline=time.time() + 60 * args.time_limit if args.time_limit > 0 else None)
     after = None

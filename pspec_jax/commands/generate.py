@@ -5,9 +5,13 @@ Modes are runners in a registry: `MODES[name]` is either a callable
 imported only when that mode is chosen. Other parts register theirs without editing
 this file, e.g. in their module: `from pspec_jax.commands.generate import register_mode`
 (or by providing the lazily named function below). A runner streams ids through
-`req.on_tokens(list_of_ids)` and returns a `pspec_jax.decode.GenerationResult`; the
-options `--network`, `--privacy`, `--profile` are parsed here for them (plain and spec
-ignore them).
+`req.on_tokens(list_of_ids)` and returns a `pspec_jax.decode.GenerationResult`. The
+options `--network`, `--privacy`, `--profile` are parsed and checked here, before any
+model loads, for the modes that take them (`MODE_OPTIONS`); any other mode refuses them.
+
+Randomness: without `--seed` the client's draws (sampling, drafting, POST's thresholds)
+are keyed from os.urandom; `--seed N` reproduces a run, and a seeded run is not private
+(`--json` says `"seeded"`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -30,8 +35,23 @@ MODES: dict[str, Any] = {
 }
 
 
-def register_mode(name: str, runner: Callable[["GenerateRequest"], Any]) -> None:
+# name -> the options it takes among seed, network, privacy, profile. Standard secure
+# decoding samples with randomness of both parties inside MPC: no client seed applies.
+MODE_OPTIONS: dict[str, frozenset[str]] = {
+    "plain": frozenset({"seed"}),
+    "spec": frozenset({"seed"}),
+    "secure": frozenset({"network", "profile"}),
+    "post": frozenset({"seed", "network", "privacy", "profile"}),
+}
+OPTIONAL = ("seed", "network", "privacy", "profile")  # refused by the modes that do not take them
+DEFAULT_NETWORK, DEFAULT_PRIVACY = "lan", "strict"
+
+
+def register_mode(name: str, runner: Callable[["GenerateRequest"], Any],
+                  options: frozenset[str] = frozenset({"seed"})) -> None:
+    """Adds a mode; `options`: which of seed, network, privacy, profile it takes."""
     MODES[name] = runner
+    MODE_OPTIONS[name] = frozenset(options)
 
 
 def resolve_mode(name: str) -> Callable[["GenerateRequest"], Any]:
@@ -58,7 +78,7 @@ class GenerateRequest:
     sampling: Any  # pspec_jax.decode.Sampling
     max_new_tokens: int
     gamma: int
-    seed: int
+    seed: int | None  # None: keyed from os.urandom (the private default)
     eos_id: int | None
     on_tokens: Callable[[list[int]], None]
     _drafter: Any = None
@@ -70,7 +90,9 @@ class GenerateRequest:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="the prompt text")
+    parser.add_argument("prompt", nargs="?", default=None, help="the prompt text")
+    parser.add_argument("--prompt-file", metavar="PATH", default=None, dest="prompt_file",
+                        help="read the prompt (UTF-8) from PATH instead")
     parser.add_argument("--mode", default="spec", choices=list(MODES),
                         help="plain: private model in the clear; spec: plain speculative "
                              "decoding; secure / post: under 2PC (default: spec)")
@@ -82,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="0 = greedy (default 1.0)")
     parser.add_argument("--top-k", type=int, default=0, dest="top_k", help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, dest="top_p", help="1 = off")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="reproduce a run (tests, benchmarks). Without it the client's "
+                             "randomness comes from os.urandom; a seeded run is NOT private")
     parser.add_argument("--private", metavar="PATH", default=None,
                         help="private model: HF folder or .gguf (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--public", metavar="PATH", default=None,
@@ -93,10 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-eos", action="store_true", dest="ignore_eos",
                         help="do not stop at the end-of-sequence token")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no streaming")
-    # For the secure modes (secure, post); plain and spec ignore them.
-    parser.add_argument("--network", default="lan", help="network preset for secure modes (lan, wan, dc)")
-    parser.add_argument("--privacy", default="strict", help="privacy mode for post (strict, paper)")
-    parser.add_argument("--profile", action="store_true", help="per-op cost profile (secure modes)")
+    # For the secure modes only (MODE_OPTIONS); plain and spec refuse them.
+    parser.add_argument("--network", default=None,
+                        help=f"network preset of the cost model, secure and post modes (lan, wan, dc; "
+                             f"default {DEFAULT_NETWORK})")
+    parser.add_argument("--privacy", default=None,
+                        help=f"privacy mode, post only (strict, paper; default {DEFAULT_PRIVACY})")
+    parser.add_argument("--profile", action="store_true", help="per-op cost profile (secure and post)")
 
 
 def load_private(args: argparse.Namespace):
@@ -202,6 +229,57 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def prompt_text(args: argparse.Namespace) -> str:
+    """The prompt from argv or --prompt-file; one-line errors for neither/both and for text
+    that is not UTF-8 (argv bytes Python could not decode arrive as lone surrogates)."""
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise UserError("give the prompt either as an argument or with --prompt-file (exactly one)")
+    if args.prompt_file is not None:
+        path = os.path.expanduser(args.prompt_file)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as err:
+            raise UserError(f"cannot read --prompt-file {path}: {err.strerror or err}") from None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"--prompt-file {path} is not valid UTF-8 (byte 0x{raw[err.start]:02x} "
+                            f"at offset {err.start})") from None
+    text = args.prompt
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        c = ord(text[err.start])
+        what = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"U+{c:04X}"
+        raise UserError(f"the prompt is not valid UTF-8 ({what} at character {err.start})") from None
+    return text
+
+
+def check_mode_options(args: argparse.Namespace) -> None:
+    """Refuses the options the chosen mode does not take and checks (and fills in the
+    defaults of) those it does; before any model loads."""
+    from pspec_jax.decode.common import check_gamma
+
+    resolve_mode(args.mode)
+    takes = MODE_OPTIONS.get(args.mode, frozenset({"seed"}))
+    for opt in OPTIONAL:
+        value = getattr(args, opt)
+        given = value is not None and value is not False  # `--seed 0` is given
+        if given and opt not in takes:
+            users = sorted(m for m, o in MODE_OPTIONS.items() if opt in o)
+            raise UserError(f"--{opt} does not apply to --mode {args.mode} (only to {', '.join(users)})")
+    check_gamma(args.gamma, post=args.mode == "post")
+    if "network" in takes:
+        from pspec_jax.decode.secure import check_network
+
+        args.network = check_network(args.network or DEFAULT_NETWORK)
+    if "privacy" in takes:
+        from pspec_jax.decode.post import check_privacy
+
+        args.privacy = check_privacy(args.privacy or DEFAULT_PRIVACY)
+
+
 def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
     """Run one generation as the command line asked (streaming or --json) and return the
     result with the request it ran (`pspec demo` checks it against plain decoding)."""
@@ -209,17 +287,22 @@ def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
     from pspec_jax.decode import Sampling
     from pspec_jax.decode.common import enable_compilation_cache
 
-    if args.gamma < 1:
-        raise UserError(f"--gamma must be >= 1, got {args.gamma}")
+    # Everything argv can get wrong is checked before the models load (seconds to minutes).
+    prompt = prompt_text(args)
+    check_mode_options(args)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.drafter_layers is not None and args.drafter_layers < 1:
         raise UserError(f"--drafter-layers must be >= 1, got {args.drafter_layers}")
     sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    if args.mode in ("secure", "post"):
+        from pspec_jax.decode.secure import check_secure_sampling
+
+        check_secure_sampling(sampling)
     runner = resolve_mode(args.mode)
     enable_compilation_cache()
     private = load_private(args)
-    ids = encode_prompt(private.tokenizer, args.prompt, args.chat)
+    ids = encode_prompt(private.tokenizer, prompt, args.chat)
     if not ids:
         raise UserError("the prompt encodes to no tokens")
     eos = None if args.ignore_eos else getattr(private.tokenizer, "eos_token_id", None)
@@ -231,7 +314,8 @@ def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
     text = private.tokenizer.decode(res.tokens, skip_special_tokens=True)
     if args.json:
         out = res.to_json(text)
-        out.update(prompt_tokens=len(ids))
+        # A seeded run is reproducible and not private (the seed predicts every client draw).
+        out.update(prompt_tokens=len(ids), seeded=args.seed is not None, seed=args.seed)
         print(json.dumps(out))
     else:
         sys.stdout.write(text[len(streamer.shown):] if text.startswith(streamer.shown) else "")

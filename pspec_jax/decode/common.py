@@ -162,6 +162,23 @@ def token_buffer(ids: list[int], size: int, batch: int = 1) -> jax.Array:
     return buf.at[:, : len(ids)].set(jnp.asarray(ids, jnp.int32))
 
 
+# POST packs the γ accept flags of a step into one 64-bit ring word
+# (mpc.protocols.rejection.first_rejection shifts flag i by i bits): beyond 64 drafts the
+# shifts wrap and n, the accepted count, comes out wrong without any error.
+MAX_POST_GAMMA = 64
+
+
+def check_gamma(gamma: int, *, post: bool = False) -> int:
+    """The one check of γ (drafts per step): an integer >= 1, and at most MAX_POST_GAMMA
+    for POST. Returns it; raises UserError with the offending value."""
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise UserError(f"gamma (drafts per step) must be an integer >= 1, got {gamma!r}")
+    if post and gamma > MAX_POST_GAMMA:
+        raise UserError(f"gamma (drafts per step) must be <= {MAX_POST_GAMMA} in POST (the secure "
+                        f"rejection packs the accept flags into one 64-bit word), got {gamma}")
+    return gamma
+
+
 def check_ids(ids: list[int], config: ModelConfig, what: str = "prompt") -> list[int]:
     ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < config.vocab_size]

@@ -2,7 +2,7 @@
 
 The loop state is a small pytree; `plain_step` is jitted once per (config, sampling,
 cache rows) and reused for every step (see `common.TRACES`). Step t's key is
-fold_in(PRNGKey(seed), t).
+fold_in(client_key(seed), t): fresh from os.urandom unless a seed is given.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from flax import struct
 
 from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_ids, plan_lengths,
                                      prefill, token_buffer)
-from pspec_jax.decode.sampling import Sampling, sample, step_key
+from pspec_jax.decode.sampling import Sampling, client_key, sample, step_key
 from pspec_jax.models.arch import forward
 from pspec_jax.models.cache import KVCache
 from pspec_jax.models.config import ModelConfig
@@ -52,20 +52,21 @@ plain_step = jax.jit(plain_step_fn, static_argnames=("config", "sampling"))
 
 
 def init_plain_state(config: ModelConfig, params: Any, prompt_ids: list[int], rows: int,
-                     seed: int | jax.Array, buffer: int | None = None) -> PlainState:
+                     seed: int | None | jax.Array, buffer: int | None = None) -> PlainState:
     cache = prefill(config, params, prompt_ids[:-1], rows)
-    key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
+    key = seed if isinstance(seed, jax.Array) else client_key(seed)
     return PlainState(cache=cache, tokens=token_buffer(prompt_ids, buffer or rows + 2),
                       length=jnp.int32(len(prompt_ids)), step=jnp.int32(0), key=key)
 
 
 def generate_plain(model, prompt_ids: list[int], max_new_tokens: int = 32,
-                   sampling: Sampling = Sampling(), seed: int = 0, eos_id: int | None = None,
+                   sampling: Sampling = Sampling(), seed: int | None = None, eos_id: int | None = None,
                    on_tokens: OnTokens | None = None) -> GenerationResult:
     """Generates up to `max_new_tokens` ids after `prompt_ids` with `model` (a ModelBundle).
 
     Stops early after `eos_id` (included in the output). `on_tokens` gets each new id
-    list as soon as it is known (streaming).
+    list as soon as it is known (streaming). `seed` None draws the key from os.urandom;
+    an explicit seed reproduces the run (see `sampling.client_key`).
     """
     config, params = model.config, model.params
     prompt_ids = check_ids(prompt_ids, config)

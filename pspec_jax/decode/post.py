@@ -24,7 +24,6 @@ tokens[:length−2].
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -35,11 +34,11 @@ import numpy as np
 import mpc
 from mpc.protocols.rejection import PRIVACY_MODES, greedy_verify, speculative_verify
 from pspec_jax.decode.accept import residual
-from pspec_jax.decode.common import (GenerationResult, OnTokens, check_ids, clip_step_tokens, prefill,
-                                     token_buffer)
+from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, check_ids, clip_step_tokens,
+                                     prefill, token_buffer)
 from pspec_jax.decode.costs import CostReport
-from pspec_jax.decode.sampling import Sampling, sample, step_key
-from pspec_jax.decode.secure import _slice, check_network, check_secure_sampling, finish_cli
+from pspec_jax.decode.sampling import Sampling, client_key, sample, secret_uniform, step_key
+from pspec_jax.decode.secure import _slice, check_secure_sampling, finish_cli
 from pspec_jax.decode.spec import check_pair, draft_tokens
 from pspec_jax.errors import UserError
 
@@ -74,9 +73,12 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
                   rule: str = "exact") -> GenerationResult:
     """POST decoding of `private` with the public `drafter` (ModelBundles).
 
-    `seed` fixes the client's drafting and acceptance randomness (None: fresh from
-    os.urandom); `dealer_seed` fixes the masks (tests only; never in a real run); strict
-    mode's sampling randomness comes from both parties inside MPC. `session`: an existing
+    `seed` fixes the client's drafting and acceptance randomness, for tests and
+    reproductions only: a seeded run is not private (whoever knows the seed predicts every
+    threshold r_i). None (the default): the thresholds come straight from os.urandom and
+    the drafter's sampling from a threefry key of 64 os.urandom bits. `dealer_seed` fixes
+    the masks (tests only; never in a real run); strict mode's sampling randomness comes
+    from both parties inside MPC. `session`: an existing
     SecureSession of the private model to reuse (reset here; saves compilation).
     `rule="always_accept"` is a NEGATIVE CONTROL for tests: the client sends thresholds 0,
     so every draft with p > 0 passes and the output follows the drafter — it must fail
@@ -87,10 +89,8 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     from pspec_jax.secure import SecureSession
     from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
 
-    if not isinstance(gamma, int) or gamma < 1:
-        raise UserError(f"gamma (drafts per step) must be an integer >= 1, got {gamma!r}")
-    if privacy not in PRIVACY_MODES:
-        raise UserError(f"unknown privacy mode {privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
+    check_gamma(gamma, post=True)
+    check_privacy(privacy)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     check_secure_sampling(sampling)
@@ -109,7 +109,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
                                 mpc_config=mpc_config or DEFAULT_MPC_CONFIG, seed=dealer_seed)
     elif session.max_len < rows:
         raise UserError(f"the session's cache holds {session.max_len} tokens, the run needs {rows}")
-    key = jax.random.PRNGKey(int.from_bytes(os.urandom(4), "little") if seed is None else seed)
+    key = client_key(seed)
     V = private.config.vocab_size
     session.rollback(0)
     ledger = session.ledger
@@ -140,7 +140,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
                                     tokens, jnp.int32(length), k_draft)
         drafts = np.asarray(drafts)
         q_x = np.asarray(q)[np.arange(gamma), drafts].astype(np.float64)
-        r = np.asarray(jax.random.uniform(k_r, (gamma,), jnp.float64))
+        r = secret_uniform(gamma) if seed is None else np.asarray(jax.random.uniform(k_r, (gamma,), jnp.float64))
         thresholds = r * q_x if rule == "exact" else np.zeros(gamma)
         q_rows = jnp.concatenate([q, jnp.zeros((1, V), q.dtype)])  # row γ = 0: the bonus row
         costs.draft_s += time.perf_counter() - ts
@@ -217,12 +217,17 @@ def _scoped(ledger: mpc.Ledger, label: str) -> mpc.Ledger:
     return sub
 
 
+def check_privacy(privacy: str) -> str:
+    """The one check of a POST privacy mode (strict or paper); returns it."""
+    if privacy not in PRIVACY_MODES:
+        raise UserError(f"unknown privacy mode {privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
+    return privacy
+
+
 def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode post` (see pspec_jax.commands.generate)."""
+    """`pspec generate --mode post` (see pspec_jax.commands.generate, which has checked
+    --network and --privacy before loading the models)."""
     args = req.args
-    check_network(args)
-    if args.privacy not in PRIVACY_MODES:
-        raise UserError(f"unknown --privacy {args.privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
     res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
                         req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
     share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res.extra["verify_share"].items())

@@ -9,9 +9,11 @@ speculative decoding is exact with respect to, this processed distribution.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pspec_jax.errors import UserError
 
@@ -62,6 +64,25 @@ def sample(key: jax.Array, probs: jax.Array) -> jax.Array:
     """One draw from each row of `probs` (..., V) -> int32 (...). Zero-probability
     entries are never drawn; a one-hot row returns its index."""
     return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+
+
+def client_key(seed: int | None) -> jax.Array:
+    """The base PRNG key of a client's run (threefry, folded per step by `step_key`).
+
+    `seed` None (the default everywhere): 64 fresh bits from os.urandom, the whole key, so
+    no one (the server included) can predict the client's draws. An explicit `seed`
+    reproduces a run and is NOT private: whoever knows or guesses it predicts every draw.
+    """
+    if seed is None:
+        return jnp.asarray(np.frombuffer(os.urandom(8), np.uint32))  # a raw threefry key
+    return jax.random.PRNGKey(seed)
+
+
+def secret_uniform(n: int) -> np.ndarray:
+    """`n` draws of U[0, 1) straight from os.urandom (53 random bits each, float64): the
+    client's secret thresholds in POST when the run is not seeded."""
+    words = np.frombuffer(os.urandom(8 * n), np.uint64)
+    return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def step_key(base: jax.Array, step: jax.Array) -> jax.Array:

@@ -119,12 +119,14 @@ def report_text(res: GenerationResult) -> str:
         "secure_passes", "compute_s", "bytes_per_party", "rounds", "modeled_s", "per_token")}, f"[{res.mode}] costs")
 
 
-def check_network(args) -> None:
-    """Validate `--network` before any secure work (a bad preset is a one-line error)."""
+def check_network(name: str) -> str:
+    """The one check of a network preset name (lan, wan, dc); returns it. The CLI calls it
+    before loading any model."""
     try:
-        mpc.network(args.network)
+        mpc.network(name)
     except ValueError as err:
         raise UserError(str(err)) from None
+    return name
 
 
 def finish_cli(res: GenerationResult, args, lines: tuple[str, ...] = ()) -> GenerationResult:
@@ -145,8 +147,8 @@ def finish_cli(res: GenerationResult, args, lines: tuple[str, ...] = ()) -> Gene
 
 
 def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode secure` (see pspec_jax.commands.generate)."""
-    check_network(req.args)
+    """`pspec generate --mode secure` (see pspec_jax.commands.generate, which has checked
+    --network before loading the model)."""
     res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
                           req.eos_id, req.on_tokens)
     return finish_cli(res, req.args)

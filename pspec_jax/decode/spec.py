@@ -24,9 +24,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from pspec_jax.decode.accept import SpeculativeRule, acceptance_alpha
-from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_ids, clip_step_tokens, plan_lengths,
-                                     prefill, token_buffer)
-from pspec_jax.decode.sampling import Sampling, sample, step_key
+from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_gamma, check_ids,
+                                     clip_step_tokens, plan_lengths, prefill, token_buffer)
+from pspec_jax.decode.sampling import Sampling, client_key, sample, step_key
 from pspec_jax.errors import UserError
 from pspec_jax.models.arch import forward
 from pspec_jax.models.cache import KVCache
@@ -127,9 +127,9 @@ def check_pair(private, drafter) -> None:
                         f"private model {private.config.vocab_size}: they must share a vocabulary")
 
 
-def init_spec_state(private, drafter, prompt_ids: list[int], rows: int, seed: int | jax.Array,
-                    buffer: int | None = None) -> SpecState:
-    key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
+def init_spec_state(private, drafter, prompt_ids: list[int], rows: int,
+                    seed: int | None | jax.Array, buffer: int | None = None) -> SpecState:
+    key = seed if isinstance(seed, jax.Array) else client_key(seed)
     return SpecState(cache_p=prefill(private.config, private.params, prompt_ids[:-1], rows),
                      cache_d=prefill(drafter.config, drafter.params, prompt_ids[:-1], rows),
                      tokens=token_buffer(prompt_ids, buffer or rows + 2),
@@ -137,17 +137,17 @@ def init_spec_state(private, drafter, prompt_ids: list[int], rows: int, seed: in
 
 
 def generate_spec(private, drafter, prompt_ids: list[int], max_new_tokens: int = 32,
-                  gamma: int = 4, sampling: Sampling = Sampling(), seed: int = 0,
+                  gamma: int = 4, sampling: Sampling = Sampling(), seed: int | None = None,
                   eos_id: int | None = None, on_tokens: OnTokens | None = None,
                   rule: Any = SpeculativeRule()) -> GenerationResult:
     """Speculative decoding of `private` (a ModelBundle) with `drafter` (a ModelBundle).
 
     Emits exactly the private model's law (for the given `sampling`); stops after
     `max_new_tokens` ids or after `eos_id`. Per step it records the accepted count and
-    α = mean Σ min(p, q) over the drafts.
+    α = mean Σ min(p, q) over the drafts. `seed` None draws the key from os.urandom; an
+    explicit seed reproduces the run (see `sampling.client_key`).
     """
-    if not isinstance(gamma, int) or gamma < 1:
-        raise UserError(f"gamma (drafts per step) must be an integer >= 1, got {gamma!r}")
+    check_gamma(gamma)
     check_pair(private, drafter)
     prompt_ids = check_ids(prompt_ids, private.config)
     rows_p, max_new = plan_lengths(private.config, len(prompt_ids), max_new_tokens, gamma + 1)

@@ -103,7 +103,8 @@ class ModelConfig:
                 return cls(
                     family="gpt2", vocab_size=int(d["vocab_size"]), d_model=d_model,
                     n_layers=int(d["n_layer"]), n_heads=n_heads, n_kv_heads=n_heads,
-                    head_dim=d_model // n_heads, d_ff=int(d.get("n_inner") or 4 * d_model),
+                    head_dim=default_head_dim(d_model, n_heads, "gpt2 config"),
+                    d_ff=int(d.get("n_inner") or 4 * d_model),
                     max_seq_len=int(d.get("n_positions", 1024)),
                     norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
                     tie_embeddings=True, attention_bias=True, mlp_bias=True,
@@ -122,7 +123,7 @@ class ModelConfig:
                     family="llama", vocab_size=int(d["vocab_size"]), d_model=d_model,
                     n_layers=int(d["num_hidden_layers"]), n_heads=n_heads,
                     n_kv_heads=int(d.get("num_key_value_heads") or n_heads),
-                    head_dim=int(d.get("head_dim") or d_model // n_heads),
+                    head_dim=int(d.get("head_dim") or default_head_dim(d_model, n_heads, "llama config")),
                     d_ff=int(d["intermediate_size"]),
                     max_seq_len=int(d.get("max_position_embeddings", 2048)),
                     norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
@@ -172,6 +173,17 @@ class ModelConfig:
         if not isinstance(d, dict):
             raise UserError(f"{path} is not a JSON object")
         return cls.from_hf_dict(d)
+
+
+def default_head_dim(d_model: int, n_heads: int, where: str) -> int:
+    """d_model // n_heads, the head width when a checkpoint does not state it; a one-line
+    error when the head count is not positive or does not divide d_model."""
+    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
+        raise UserError(f"{where}: the attention head count must be a positive integer, got {n_heads!r}")
+    if d_model % n_heads:
+        raise UserError(f"{where}: d_model={d_model} is not divisible by the head count {n_heads} "
+                        "(and no head width is given)")
+    return d_model // n_heads
 
 
 def _first(v: Any) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pspec_jax.errors import UserError
-from pspec_jax.models.config import ModelConfig
+from pspec_jax.models.config import ModelConfig, default_head_dim
 
 F32 = np.float32
 
@@ -226,6 +226,11 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 def _gguf_fields(reader) -> dict[str, Any]:
     out = {}
     for k, f in reader.fields.items():
@@ -255,29 +260,40 @@ def load_gguf(path: str | Path, with_tokenizer: bool = True):
     if arch_name != "llama":
         raise UserError(f"{path}: GGUF architecture {arch_name!r} is not supported (only llama)")
 
-    def meta(key, default=None, required=True):
-        v = fields.get(f"llama.{key}", default)
-        if v is None and required:
-            raise UserError(f"{path}: GGUF metadata lacks llama.{key}")
-        return v
+    def scalar(key, kind, default=None, required=True):
+        """Metadata `key` as one int or float (GGUF fields may hold arrays or strings)."""
+        v = fields.get(key, default)
+        if v is None:
+            if required:
+                raise UserError(f"{path}: GGUF metadata lacks {key}")
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or (kind is int and float(v) != int(v)):
+            raise UserError(f"{path}: GGUF metadata {key} must be one "
+                            f"{'integer' if kind is int else 'number'}, got {_short(v)}")
+        return kind(v)
 
-    n_heads = int(meta("attention.head_count"))
-    d_model = int(meta("embedding_length"))
+    def meta(key, kind=int, default=None):
+        return scalar(f"llama.{key}", kind, default)
+
+    n_heads = meta("attention.head_count")
+    d_model = meta("embedding_length")
+    key_length = scalar("llama.attention.key_length", int, required=False)
     try:
-        vocab = int(fields.get("llama.vocab_size") or tensors["token_embd.weight"].shape[-1])
+        vocab = scalar("llama.vocab_size", int, required=False) or int(tensors["token_embd.weight"].shape[-1])
     except KeyError:
         raise UserError(f"{path}: GGUF has no token_embd.weight") from None
     config = ModelConfig(
-        family="llama", vocab_size=vocab, d_model=d_model, n_layers=int(meta("block_count")),
-        n_heads=n_heads, n_kv_heads=int(meta("attention.head_count_kv", n_heads)),
-        head_dim=int(meta("attention.key_length", d_model // n_heads)),
-        d_ff=int(meta("feed_forward_length")), max_seq_len=int(meta("context_length", 2048)),
+        family="llama", vocab_size=vocab, d_model=d_model, n_layers=meta("block_count"),
+        n_heads=n_heads, n_kv_heads=meta("attention.head_count_kv", default=n_heads),
+        head_dim=key_length or default_head_dim(d_model, n_heads, f"{path}: GGUF"),
+        d_ff=meta("feed_forward_length"), max_seq_len=meta("context_length", default=2048),
         # GGUF keeps these as float32: take the shortest decimal that rounds to it (1e-05).
-        norm_eps=float(str(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))),
-        rope_theta=float(str(np.float32(meta("rope.freq_base", 10000.0)))),
+        norm_eps=float(str(np.float32(meta("attention.layer_norm_rms_epsilon", float, 1e-5)))),
+        rope_theta=float(str(np.float32(meta("rope.freq_base", float, 10000.0)))),
         tie_embeddings="output.weight" not in tensors,
-        bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=fields.get("tokenizer.ggml.eos_token_id"))
+        bos_token_id=scalar("tokenizer.ggml.bos_token_id", int, required=False),
+        eos_token_id=scalar("tokenizer.ggml.eos_token_id", int, required=False))
 
     def get(name):
         t = tensors.get(name)
@@ -303,10 +319,12 @@ def load_gguf(path: str | Path, with_tokenizer: bool = True):
         sd[h + "post_attention_layernorm.weight"] = get(b + "ffn_norm.weight")
         for g_name, hf in names.items():
             w = get(b + g_name + ".weight")  # (out, in), HF order except for q/k rows
-            if g_name == "attn_q":
-                w = unpermute_qk(w, config.n_heads)
-            elif g_name == "attn_k":
-                w = unpermute_qk(w, config.n_kv_heads)
+            if g_name in ("attn_q", "attn_k"):
+                heads = config.n_heads if g_name == "attn_q" else config.n_kv_heads
+                if w.shape[0] != heads * config.head_dim:
+                    raise UserError(f"{path}: {b + g_name}.weight has {w.shape[0]} rows, not "
+                                    f"{heads} heads × {config.head_dim}")
+                w = unpermute_qk(w, heads)
             sd[h + hf + ".weight"] = w
     params = params_from_hf_state_dict(config, sd)
     _check_shapes(config, params, str(path))
