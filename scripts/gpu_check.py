@@ -17,7 +17,7 @@ JSON is rewritten after every section, so a run killed by a timeout keeps what i
             rounds, modelled lan / wan / dc seconds (`mpc.network`), as `pspec bench
             forward` (`pspec_jax.benchmarks.forward.time_pass`)
   verify    POST's rejection over (γ+1) × V shared logits (`speculative_verify` strict at
-            temperature 1, `greedy_verify`) via `pspec_jax.decode.post._verify`, and
+            temperature 1, `greedy_verify`) via `pspec_jax.secure.session.verify_program`, and
             standard decoding's next-token step over 1 × V (sample / argmax)
   decode    standard secure decoding vs POST per network preset from the measured pass
             and verification costs; POST per token is PROJECTED at --tokens-per-step
@@ -245,16 +245,6 @@ def forward_section(tokens) -> None:
     session.rollback(context)
 
 
-def _next_token_program(ctx, row, *, greedy: bool):
-    """Standard secure decoding's token step (`decode.secure.secure_next_token`) as one
-    compiled program: argmax or a temperature-1 sample, opened to the client."""
-    from mpc.protocols import sampling as S
-
-    if greedy:
-        return S.open_index(ctx, S.argmax(ctx, row))
-    return S.sample_logits(ctx, row, temperature=1.0)
-
-
 CASE_NAMES = {(True, "sample"): "next_token sample (standard)", (True, "greedy"): "next_token argmax (standard)",
               (False, "sample"): "speculative_verify strict (POST)", (False, "greedy"): "greedy_verify (POST)"}
 
@@ -263,11 +253,11 @@ def verify_ctx():
     """The verification's own context (the session's configuration), apart from the
     forward's: its programs can be traced while the session's compile."""
     import mpc
-    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG, next_token_program
 
     if "verify_ctx" not in STATE:
         STATE["verify_ctx"] = mpc.Context(DEFAULT_MPC_CONFIG)
-        STATE["next_token"] = mpc.secure_jit(_next_token_program)
+        STATE["next_token"] = next_token_program
     return STATE["verify_ctx"]
 
 
@@ -277,7 +267,7 @@ def verify_call(cfg, g: int, mode: str):
     import jax.numpy as jnp
     import numpy as np
 
-    from pspec_jax.decode.post import _verify
+    from pspec_jax.secure.session import verify_program
 
     cache = STATE.setdefault("verify_args", {})
     if (g, mode) in cache:
@@ -286,13 +276,13 @@ def verify_call(cfg, g: int, mode: str):
     rng = np.random.default_rng(g)
     logits = ctx.share(rng.normal(size=(g + 1, V)) * 3.0)
     if g == 0:
-        out = STATE["next_token"], (logits,), {"greedy": mode == "greedy"}
+        out = STATE["next_token"], (logits,), {"temperature": 0.0 if mode == "greedy" else 1.0}
     else:
         drafts = jnp.asarray(rng.integers(0, V, g), jnp.int32)
         q = rng.dirichlet(np.full(V, 0.1), size=g)
         thresholds = jnp.asarray(rng.uniform(size=g) * q[np.arange(g), np.asarray(drafts)])
         q_rows = jnp.asarray(np.concatenate([q, np.zeros((1, V))]), jnp.float32)
-        out = _verify, (logits, drafts, thresholds, q_rows), {
+        out = verify_program, (logits, drafts, thresholds, q_rows), {
             "temperature": 0.0 if mode == "greedy" else 1.0, "privacy": "strict"}
     cache[(g, mode)] = out
     return out

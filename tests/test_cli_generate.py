@@ -121,7 +121,6 @@ def _capture_post_thresholds(capsys, monkeypatch, argv) -> list[np.ndarray]:
     import jax.numpy as jnp
 
     import pspec_jax.secure
-    from pspec_jax.decode import post
 
     class Ledger:
         def scope(self, _):
@@ -140,16 +139,14 @@ def _capture_post_thresholds(capsys, monkeypatch, argv) -> list[np.ndarray]:
         def forward(self, ids, **_):
             return jnp.zeros((1, len(ids), self.V))
 
+        def verify(self, logits, drafts, thresholds, q_rows, *_):
+            t = np.asarray(thresholds)
+            qx = np.asarray(q_rows)[np.arange(len(t)), np.asarray(drafts)]
+            seen.append(t / qx)
+            raise _StopAfterVerify
+
     seen = []
-
-    def verify(ctx, logits, drafts, thresholds, q_rows, **_):
-        t = np.asarray(thresholds)
-        qx = np.asarray(q_rows)[np.arange(len(t)), np.asarray(drafts)]
-        seen.append(t / qx)
-        raise _StopAfterVerify
-
     monkeypatch.setattr(pspec_jax.secure, "SecureSession", Session)
-    monkeypatch.setattr(post, "_verify", verify)
     with pytest.raises(_StopAfterVerify):
         main(argv)
     capsys.readouterr()

@@ -60,7 +60,8 @@ def _check_args(role: str, tls: TlsConfig | None, session_id: bytes, timeout_s: 
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     if tls is not None and tls.role != role:
         raise ValueError(f"TLS keys of the {tls.role} used for the {role}")
-    if not isinstance(session_id, (bytes, bytearray)) or len(session_id) != SESSION_ID_BYTES:
+    if session_id is not None and (not isinstance(session_id, (bytes, bytearray))
+                                   or len(session_id) != SESSION_ID_BYTES):
         raise ValueError(f"session_id must be {SESSION_ID_BYTES} bytes")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -122,9 +123,14 @@ def _handshake(sock: socket.socket, *, server_side: bool, role: str, expected: t
                 cert_role, cert_problem = None, str(err)
         else:
             wire, cert_role, cert_problem = PlainWire(sock, peer, timeout_s), None, None
+        msg = None
+        if session_id is None:  # an accepting side that serves any session adopts the dialler's id
+            msg = _read_hello(wire, peer, counter=0)
+            session_id = msg.session_id
         hello = encode(HELLO, bytes(session_id), 0, [_text(role), _text(version), _text(fingerprint)])
         wire.write(b"".join(_pieces(hello)))
-        msg = _read_hello(wire, peer, counter=0)
+        if msg is None:
+            msg = _read_hello(wire, peer, counter=0)
         their_role, problem = _judge_hello(msg, role=role, expected=expected, cert_role=cert_role,
                                            session_id=bytes(session_id), version=version, fingerprint=fingerprint)
         problem = cert_problem or problem
@@ -175,7 +181,8 @@ class Listener:
     def accept(self, *, peer_role: str | Sequence[str], session_id: bytes, version: str, fingerprint: str,
                timeout_s: float, emulate: NetworkEmulation | None = None,
                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Link:
-        """Wait (at most `timeout_s`) for a peer of one of `peer_role`, handshake, return the link."""
+        """Wait (at most `timeout_s`) for a peer of one of `peer_role`, handshake, return the link.
+        `session_id=None`: join the session the peer names (a server of many sessions)."""
         _check_args(self.role, self.tls, session_id, timeout_s)
         expected = _roles(peer_role)
         poller = select.poll()

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mpc
-from mpc.protocols.rejection import PRIVACY_MODES, greedy_verify, speculative_verify
+from mpc.protocols.rejection import PRIVACY_MODES
 from pspec_jax.decode.accept import residual
 from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, check_ids, clip_step_tokens,
                                      prefill, token_buffer)
@@ -47,13 +47,6 @@ RULES = ("exact", "always_accept")  # always_accept: NEGATIVE CONTROL for tests 
 _draft = jax.jit(draft_tokens, static_argnums=(0, 1, 2))
 
 
-def _verify_program(ctx, logits, drafts, thresholds, q_rows, *, temperature: float, privacy: str):
-    if temperature == 0.0:
-        return greedy_verify(ctx, logits, drafts, op="rejection")
-    return speculative_verify(ctx, logits, drafts, thresholds, q_rows, temperature, privacy, op="rejection")
-
-
-_verify = mpc.secure_jit(_verify_program)
 
 
 @dataclasses.dataclass
@@ -152,10 +145,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         costs.forward_s += time.perf_counter() - ts
         # 3. private rejection and the next token.
         ts = time.perf_counter()
-        with ledger.scope("verify"):
-            n, result = _verify(session.ctx, logits[0], jnp.asarray(drafts, jnp.int32),
-                                jnp.asarray(thresholds), q_rows,
-                                temperature=float(sampling.temperature), privacy=privacy)
+        n, result = session.verify(logits, drafts, thresholds, q_rows, float(sampling.temperature), privacy)
         n = int(n)
         if privacy == "paper" and not sampling.greedy:  # the client samples the opened row
             p_n = jnp.clip(jnp.asarray(result, jnp.float32), 0.0, None)

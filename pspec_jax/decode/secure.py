@@ -31,16 +31,7 @@ def check_secure_sampling(sampling: Sampling) -> None:
 def secure_next_token(session, logits, sampling: Sampling, op: str = "next_token") -> int:
     """The next token from shared logits (1, 1, V), chosen inside MPC and opened to the
     client only: argmax when greedy, else a sample of softmax(logits / T)."""
-    from mpc.protocols import sampling as S
-
-    ctx = session.ctx
-    row = logits.reshape(1, logits.shape[-1])
-    with ctx.ledger.scope(op):
-        if sampling.greedy:
-            idx = S.open_index(ctx, S.argmax(ctx, row))
-        else:
-            idx = S.sample_logits(ctx, row, temperature=sampling.temperature)
-    return int(np.asarray(idx).reshape(-1)[0])
+    return session.next_token(logits, 0.0 if sampling.greedy else sampling.temperature, op=op)
 
 
 def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,

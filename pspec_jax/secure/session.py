@@ -36,6 +36,27 @@ from pspec_jax.secure.ops import SecureOps, prepare_params
 DEFAULT_MPC_CONFIG = mpc.MPCConfig(nonlinear=NonlinearConfig(norm_var_hi=1.5e6))
 
 
+def _verify_program(ctx, logits, drafts, thresholds, q_rows, *, temperature: float, privacy: str):
+    from mpc.protocols.rejection import greedy_verify, speculative_verify
+
+    if temperature == 0.0:
+        return greedy_verify(ctx, logits, drafts, op="rejection")
+    return speculative_verify(ctx, logits, drafts, thresholds, q_rows, temperature, privacy, op="rejection")
+
+
+def _next_token_program(ctx, logits, *, temperature: float):
+    from mpc.protocols import sampling as S
+
+    row = logits.reshape(1, logits.shape[-1])
+    if temperature == 0.0:
+        return S.open_index(ctx, S.argmax(ctx, row))
+    return S.sample_logits(ctx, row, temperature=temperature)
+
+
+verify_program = mpc.secure_jit(_verify_program)
+next_token_program = mpc.secure_jit(_next_token_program)
+
+
 class SecureSession:
     """The private model, its weights prepared for 2PC, and the shared KV cache."""
 
@@ -132,6 +153,23 @@ class SecureSession:
         if not 0 <= length <= self.length:
             raise ValueError(f"rollback to {length} outside [0, {self.length}]")
         self.cache = self.cache.rollback(length)
+
+    def verify(self, logits: Shared, drafts, thresholds, q_rows, temperature: float, privacy: str):
+        """POST's private rejection of the drafts over the last pass's logits (1, γ+1, V):
+        (n accepted, the next token or — privacy "paper" — row n of p), both opened to the
+        client; n to the server too (`mpc.protocols.rejection`). The client's inputs
+        (drafts, thresholds a_i, q rows) are zeros of their shapes at the server."""
+        with self.ledger.scope("verify"):
+            return verify_program(self.ctx, logits[0], jnp.asarray(drafts, jnp.int32), jnp.asarray(thresholds),
+                                  jnp.asarray(q_rows), temperature=float(temperature), privacy=privacy)
+
+    def next_token(self, logits: Shared, temperature: float, op: str = "next_token") -> int:
+        """Standard secure decoding's next token from logits (1, 1, V): the secure argmax
+        (temperature 0) or a secure sample of softmax(logits / T), opened to the client
+        only (the server gets 0)."""
+        with self.ledger.scope(op):
+            idx = next_token_program(self.ctx, logits, temperature=float(temperature))
+        return int(np.asarray(idx).reshape(-1)[0])
 
     def reveal_logits(self, logits: Shared) -> np.ndarray:
         """Open logits to both (tests and fidelity checks only; never in decoding)."""
