@@ -617,6 +617,7 @@ class CorrectionMaker:
     def __init__(self, keys: dict) -> None:
         self.keys = {CLIENT: keys[CLIENT], SERVER: keys[SERVER]}
         self._weight_masks: dict[tuple, np.ndarray] = {}
+        self._programs: dict[Request, Callable] = {}
 
     def _words(self, party: int, nonce: int, n: int) -> np.ndarray:
         return request_words(self.keys[party], nonce, n)
@@ -654,5 +655,7 @@ class CorrectionMaker:
             mask = operand_mask(rows, tuple(drawn[row_axes:]),
                                 lambda h, n: self._words(CLIENT, h, n) + self._words(SERVER, h, n))
             extra = mask.transpose(perm)
-        corr = kind.correct(req, jnp.asarray(w0), jnp.asarray(w1), extra)
+        if req not in self._programs:  # one compiled correction per request signature
+            self._programs[req] = jax.jit(lambda a, b, e, req=req: kind.correct(req, a, b, e))
+        corr = self._programs[req](w0, w1, extra)
         return np.concatenate([np.asarray(c, np.uint64).reshape(-1) for c in corr])

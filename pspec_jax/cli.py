@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pspec_jax.commands.generate", "generate text: plain, spec, secure or post"),
     "distill": ("pspec_jax.commands.distill", "align a drafter with the private model"),
     "eval-acceptance": ("pspec_jax.commands.eval_acceptance", "measure a drafter's acceptance rate"),
+    "serve": ("pspec_jax.commands.serve", "the server process: holds the private model, serves sessions"),
+    "dealer": ("pspec_jax.commands.dealer", "the dealer process: correlated randomness for sessions"),
     "keygen": ("pspec_jax.commands.keygen", "write a CA and TLS keys for the client, server and dealer"),
 }
 

@@ -243,6 +243,12 @@ class Link:
                 raise self._send_error
 
     # --- receiving -------------------------------------------------------------------
+    def set_timeout(self, timeout_s: float) -> None:
+        """Change the receive/send timeout (e.g. after an accept that polled with a short one)."""
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.timeout_s = self._wire.timeout_s = float(timeout_s)
+
     def recv(self) -> list[np.ndarray]:
         """The next message; waits at most `timeout_s` for each piece of it."""
         if self._recv_error is not None:

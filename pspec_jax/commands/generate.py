@@ -124,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--privacy", default=None,
                         help=f"privacy mode, post only (strict, paper; default {DEFAULT_PRIVACY})")
     parser.add_argument("--profile", action="store_true", help="per-op cost profile (secure and post)")
+    parser.add_argument("--server", metavar="HOST:PORT", default=None,
+                        help="run secure/post with a real server process (`pspec serve`) instead of the "
+                             "simulation; needs --dealer")
+    parser.add_argument("--dealer", metavar="HOST:PORT", default=None, help="the dealer process (`pspec dealer`)")
+    from pspec_jax.commands.netopts import add_party_arguments
+
+    add_party_arguments(parser)
 
 
 def load_private(args: argparse.Namespace):
@@ -229,6 +236,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def remote_runner(args: argparse.Namespace):
+    """The runner of a real run: this process is the client; the server and the dealer
+    are `pspec serve` and `pspec dealer` processes (checked before any model loads)."""
+    import time
+
+    from pspec_jax.commands.netopts import address, party_options
+    from pspec_jax.decode.secure import finish_cli
+    from pspec_jax.runtime.client import Client, PublicModel
+
+    if args.mode not in ("secure", "post"):
+        raise UserError(f"--server/--dealer run --mode secure or post, not {args.mode}")
+    if not (args.server and args.dealer):
+        raise UserError("a real run needs both --server HOST:PORT and --dealer HOST:PORT")
+    server, dealer = address(args.server, "--server"), address(args.dealer, "--dealer")
+    tls, emulate = party_options(args, "client")
+    client = Client(server, dealer, tls=args.tls, timeout_s=args.timeout, emulate=emulate)
+
+    def run_remote(req: GenerateRequest):
+        # The client knows the private model's public shape and tokenizer, never a weight.
+        public = PublicModel(req.private.config, req.private.tokenizer)
+        t0 = time.perf_counter()
+        res = client.generate(public, req.prompt_ids, mode=args.mode,
+                              drafter=req.drafter() if args.mode == "post" else None,
+                              max_new_tokens=req.max_new_tokens, gamma=req.gamma, sampling=req.sampling,
+                              privacy=args.privacy or DEFAULT_PRIVACY, eos_id=req.eos_id,
+                              on_tokens=req.on_tokens, seed=req.seed)
+        wall = time.perf_counter() - t0
+        ledger = res.extra["_ledger"]
+        # What the client's ledger says it sent to the server (online + set-up): the payload
+        # it wrote to that socket must be exactly this (framing is counted apart).
+        sent = ledger.totals("online").bytes0 + ledger.totals("setup").bytes0
+        res.extra["_remote"] = {"wall_s": round(wall, 3), "emulate": args.emulate, "socket_bytes": client.stats,
+                                "ledger_bytes_to_server": sent}
+        lines = (f"  measured wall time {wall:.1f} s over real links (--emulate {args.emulate}); "
+                 f"bytes written to the server link {client.stats['bytes_written']['server_link']:,}",)
+        return finish_cli(res, args, lines)
+
+    return run_remote
+
+
 def prompt_text(args: argparse.Namespace) -> str:
     """The prompt from argv or --prompt-file; one-line errors for neither/both and for text
     that is not UTF-8 (argv bytes Python could not decode arrive as lone surrogates)."""
@@ -300,6 +347,8 @@ def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
 
         check_secure_sampling(sampling)
     runner = resolve_mode(args.mode)
+    if args.server or args.dealer:
+        runner = remote_runner(args)
     enable_compilation_cache()
     private = load_private(args)
     ids = encode_prompt(private.tokenizer, prompt, args.chat)
@@ -314,6 +363,8 @@ def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
     text = private.tokenizer.decode(res.tokens, skip_special_tokens=True)
     if args.json:
         out = res.to_json(text)
+        if "_remote" in res.extra:
+            out.update(res.extra.pop("_remote"))
         # A seeded run is reproducible and not private (the seed predicts every client draw).
         out.update(prompt_tokens=len(ids), seeded=args.seed is not None, seed=args.seed)
         print(json.dumps(out))

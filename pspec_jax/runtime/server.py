@@ -1,0 +1,58 @@
+"""The server process: holds the private model and serves client sessions one after
+another. Per session it joins the dealer with the client's session id, prepares its
+weights under fresh masks, and runs the client's commands (`runtime.session`). A client
+that fails or leaves ends only its own session. The log has one line per session —
+counts and reasons, never a prompt, a token or a value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mpc.transport import PeerTimeout, TransportError, connect
+from pspec_jax.runtime.session import (DEALER_FINGERPRINT, PROTOCOL_VERSION, Watched, failure_of,
+                                       model_fingerprint, serve_session)
+
+log = logging.getLogger("pspec.server")
+
+
+def run_server(listener, dealer: tuple[str, int], config, params: Any, *, tls, dealer_tls, timeout_s: float,
+               max_len: int, emulate=None, max_sessions: int | None = None) -> int:
+    """Serve sessions until `max_sessions` have ended (or forever). Returns how many
+    ended cleanly."""
+    fp = model_fingerprint(config)
+    served = ok = 0
+    log.info("server listening on %s:%d (%s); model %s", listener.host, listener.port,
+             "TLS" if tls else "plaintext", fp)
+    while max_sessions is None or served < max_sessions:
+        try:
+            link = listener.accept(peer_role="client", session_id=None, version=PROTOCOL_VERSION, fingerprint=fp,
+                                   timeout_s=1.0, emulate=emulate)
+        except PeerTimeout:
+            continue
+        except TransportError as err:
+            log.warning("refused a client: %s", str(err).splitlines()[0])
+            continue
+        link.set_timeout(timeout_s)
+        sid, t0, dealer_link = link.session_id.hex()[:8], time.perf_counter(), None
+        served += 1
+        client = Watched(link)
+        try:
+            dealer_link = Watched(connect(*dealer, role="server", peer_role="dealer", tls=dealer_tls,
+                                          session_id=link.session_id, version=PROTOCOL_VERSION,
+                                          fingerprint=DEALER_FINGERPRINT, timeout_s=timeout_s, emulate=emulate))
+            counts = serve_session(client, dealer_link, config, params, max_len)
+            ok += 1
+            log.info("session %s: done, %d secure passes, cache length %d, %.1f s, %d bytes sent to the client",
+                     sid, counts["passes"], counts["length"], time.perf_counter() - t0, link.stats.bytes_wire_sent)
+        except Exception as err:  # noqa: BLE001 - one line per failed session, keep serving
+            reason = failure_of(err, client, dealer_link)
+            log.warning("session %s: dropped after %.1f s: %s", sid, time.perf_counter() - t0,
+                        str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__)
+        finally:
+            link.close()
+            if dealer_link is not None:
+                dealer_link.close()
+    return ok

@@ -1,0 +1,210 @@
+"""One client–server session over real links: the client's `RemoteSession` and the
+server's command loop. Both run the very programs of `SecureSession`, each as its own
+party (`mpc.party_context`): the client with its inputs and zeros of the server's
+weights' shapes, the server with its weights and zeros of the client's inputs' shapes.
+
+Before each program the client sends the server a command (what to run, with its public
+sizes); the server runs the same program, so the two parties' messages pair up. A
+command rides ahead of the program's first message: it costs bytes, not a round.
+
+Messages on the client–server link after the transport's handshake:
+  client → server: [session (max_len,) int64, k_01 (16 bytes)]
+  server → client: the weights' masked values F = W − B (set-up, once per session)
+  then per program: client → server [command int64], and the program's own messages.
+Each party also holds a link to the dealer, which first sends it its dealer key and then
+answers correction requests [nonce int64, request int64, handles…] with [words uint64].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mpc
+from mpc.dealer import Request
+from mpc.prg import KEY_BYTES
+from mpc.shares import CLIENT, SERVER
+from mpc.transport import TransportError
+from pspec_jax.errors import UserError
+from pspec_jax.models.config import ModelConfig
+from pspec_jax.secure import SecureSession
+from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+
+PROTOCOL_VERSION = "pspec/1"
+DEALER_FINGERPRINT = "dealer"  # the dealer is model-agnostic
+PRIVACY_CODES = ("strict", "paper")
+CLOSE, FORWARD, ROLLBACK, VERIFY, NEXT_TOKEN = range(5)
+
+
+def model_fingerprint(config: ModelConfig) -> str:
+    """What both parties must agree on: the private model's public shape (not its weights)."""
+    fields = dataclasses.asdict(config)
+    return "sha256:" + hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _float_bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _bits_float(b: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", int(b)))[0]
+
+
+def dealer_fetch(dealer_link) -> Callable:
+    """A party's correction requests to the dealer: one round trip each."""
+
+    def fetch(nonce: int, req: Request, handles) -> np.ndarray:
+        dealer_link.send([np.asarray([nonce], np.int64), req.encode(), *[np.asarray(h) for h in handles]])
+        (words,) = dealer_link.recv()
+        return words
+
+    return fetch
+
+
+def dealer_key(dealer_link) -> bytes:
+    (key,) = dealer_link.recv()
+    key = bytes(np.asarray(key, np.uint8))
+    if len(key) != KEY_BYTES:
+        raise TransportError(f"the dealer sent a {len(key)}-byte key, expected {KEY_BYTES}")
+    return key
+
+
+def zero_params(config: ModelConfig) -> Any:
+    """Zeros of the private weights' shapes: what the client passes where the server
+    passes its weights (only the shapes are used; the client never holds a weight)."""
+    from pspec_jax.models import arch
+
+    shapes = jax.eval_shape(lambda k: arch.init_params(config, k), jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes)
+
+
+class RemoteSession(SecureSession):
+    """The client's side of a session with a server: `SecureSession`'s interface, every
+    call first telling the server which program to run."""
+
+    def __init__(self, config: ModelConfig, link, dealer_link, max_len: int,
+                 mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG) -> None:
+        self.link, self.dealer_link = link, dealer_link
+        k01 = os.urandom(KEY_BYTES)
+        link.send([np.asarray([max_len], np.int64), np.frombuffer(k01, np.uint8)])
+        # Payload bytes of control messages (session request, commands): not the protocol's,
+        # so not in the ledger; 8 + 16 once, 8 per command word.
+        self.control_bytes = 8 + KEY_BYTES
+        keys = {CLIENT: dealer_key(dealer_link), "pairwise": k01, ("own", CLIENT): os.urandom(KEY_BYTES)}
+        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), mpc_config)
+        super().__init__(config, zero_params(config), max_len=max_len, ctx=ctx)
+
+    def _command(self, *words) -> None:
+        self.link.send([np.asarray(words, np.int64)])
+        self.control_bytes += 8 * len(words)
+
+    def forward(self, token_ids, logits_last_only: bool = False, with_logits: bool = True):
+        T = int(np.asarray(token_ids).size)
+        self._command(FORWARD, T, int(with_logits), int(logits_last_only))
+        return super().forward(token_ids, logits_last_only, with_logits)
+
+    def rollback(self, length: int) -> None:
+        super().rollback(length)
+        self._command(ROLLBACK, int(length))
+
+    def verify(self, logits, drafts, thresholds, q_rows, temperature: float, privacy: str):
+        self._command(VERIFY, len(drafts), _float_bits(temperature), PRIVACY_CODES.index(privacy))
+        return super().verify(logits, drafts, thresholds, q_rows, temperature, privacy)
+
+    def next_token(self, logits, temperature: float, op: str = "next_token") -> int:
+        self._command(NEXT_TOKEN, _float_bits(temperature))
+        return super().next_token(logits, temperature, op=op)
+
+    def close(self) -> None:
+        try:
+            self._command(CLOSE)
+        except TransportError:
+            pass
+        self.link.close()
+        self.dealer_link.close()
+
+
+def serve_session(link, dealer_link, config: ModelConfig, params: Any, max_len_limit: int,
+                  mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG) -> dict:
+    """The server's side of one session: set-up, then run the client's commands until it
+    closes. Returns public counts for the server's log (passes, cache length)."""
+    first = link.recv()
+    if len(first) != 2 or first[0].dtype != np.int64 or first[0].shape != (1,) or first[1].size != KEY_BYTES:
+        raise TransportError("the client's session request is malformed")
+    max_len = int(first[0][0])
+    if not 1 <= max_len <= max_len_limit:
+        raise TransportError(f"the client asks for a cache of {max_len} rows; this server allows 1..{max_len_limit}")
+    keys = {SERVER: dealer_key(dealer_link), "pairwise": bytes(first[1].astype(np.uint8)),
+            ("own", SERVER): os.urandom(KEY_BYTES)}
+    ctx = mpc.party_context(SERVER, link, keys, dealer_fetch(dealer_link), mpc_config)
+    sess = SecureSession(config, params, max_len=max_len, ctx=ctx)
+    V = config.vocab_size
+    logits = None
+    passes = 0
+    while True:
+        (cmd,) = link.recv()
+        cmd = [int(c) for c in np.asarray(cmd, np.int64).reshape(-1)]
+        if not cmd:
+            raise TransportError("empty command")
+        op, args = cmd[0], cmd[1:]
+        if op == CLOSE:
+            return {"passes": passes, "length": sess.length}
+        if op == FORWARD and len(args) == 3 and 1 <= args[0] <= max_len:
+            out = sess.forward(np.zeros(args[0], np.int32), logits_last_only=bool(args[2]), with_logits=bool(args[1]))
+            logits = out if out is not None else logits
+            passes += 1
+        elif op == ROLLBACK and len(args) == 1:
+            sess.rollback(args[0])
+        elif op == VERIFY and len(args) == 3 and logits is not None and args[0] == logits.shape[1] - 1 \
+                and 0 <= args[2] < len(PRIVACY_CODES):
+            g = args[0]
+            sess.verify(logits, np.zeros(g, np.int32), np.zeros(g), np.zeros((g + 1, V)), _bits_float(args[1]),
+                        PRIVACY_CODES[args[2]])
+        elif op == NEXT_TOKEN and len(args) == 1 and logits is not None:
+            sess.next_token(logits, _bits_float(args[0]))
+        else:
+            raise TransportError(f"unknown or malformed command {cmd[:4]}")
+
+
+class Watched:
+    """A link that remembers its first transport failure: an error raised inside a host
+    callback reaches the caller wrapped by XLA, and the session reports the link's own
+    one-line reason instead."""
+
+    def __init__(self, link) -> None:
+        self.link, self.failure = link, None
+
+    def __getattr__(self, name):
+        return getattr(self.link, name)
+
+    def _watch(self, fn, *args):
+        try:
+            return fn(*args)
+        except TransportError as err:
+            self.failure = self.failure or err
+            raise
+
+    def send(self, arrays) -> None:
+        self._watch(self.link.send, arrays)
+
+    def recv(self) -> list[np.ndarray]:
+        return self._watch(self.link.recv)
+
+    def exchange(self, arrays) -> list[np.ndarray]:
+        return self._watch(self.link.exchange, arrays)
+
+
+def failure_of(err: BaseException, *links: Watched) -> BaseException:
+    """The transport failure behind `err` (possibly wrapped by XLA), or `err` itself."""
+    for link in links:
+        if link is not None and link.failure is not None:
+            return link.failure
+    return err
