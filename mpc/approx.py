@@ -9,7 +9,7 @@ Coefficients were fitted with `fit_poly` (near-minimax, Lawson's iteratively rew
 least squares on Chebyshev nodes); `_fit_defaults()` regenerates every tuple below and
 prints its fitted error, so a change of breakpoints is one call away. Errors quoted are the
 fit's sup-norm error on its interval; protocol-level errors (with fixed-point rounding) are
-measured by the tests and by `mpc.bench_nonlinear`.
+measured by the tests and by `pspec_jax.benchmarks.nonlinear`.
 """
 
 from __future__ import annotations

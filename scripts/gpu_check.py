@@ -99,9 +99,9 @@ class Stream:
         say("| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|")
 
     def row(self, r: dict) -> None:
-        from pspec_jax.benchmarks.table import _fmt
+        from pspec_jax.benchmarks.table import fmt
 
-        say("| " + " | ".join(_fmt(r.get(c, "")) for c in self.columns) + " |")
+        say("| " + " | ".join(fmt(r.get(c, "")) for c in self.columns) + " |")
 
 
 def cost_fields(compute: float, ledger) -> dict:

@@ -12,7 +12,7 @@ and the verification's share of each POST run's modelled time. ~10 min on 2 core
 import json
 
 import pspec_jax  # noqa: F401  (x64 before any jax use)
-from pspec_jax.benchmarks.decode import _per_token, _prompts, _sum_reports
+from pspec_jax.benchmarks.decode import per_token, heldout_prompts, sum_reports
 from pspec_jax.commands.generate import default_drafter
 from pspec_jax.decode import Sampling
 from pspec_jax.decode.post import generate_post
@@ -26,7 +26,7 @@ GAMMA, POST_TOKENS, STD_TOKENS = 8, 16, 8
 def main() -> None:
     private = load_default_private()
     drafter = default_drafter(private)
-    ids = _prompts(private.tokenizer, 2)[0]
+    ids = heldout_prompts(private.tokenizer, 2)[0]
     session = SecureSession(private.config, private.params, max_len=len(ids) + POST_TOKENS + GAMMA + 2)
     sampling = Sampling(1.0)
     # warm-up: compiles the prefill, the (γ+1)-token pass, the verification and the 1-token pass
@@ -35,9 +35,9 @@ def main() -> None:
     post = [generate_post(private, drafter, ids, POST_TOKENS, GAMMA, sampling, "strict", session=session, seed=i)
             for i in (1, 2)]
     std = generate_secure(private, ids, STD_TOKENS + 1, sampling, session=session)
-    std_per_token = _per_token(std.extra["decode"], len(std.tokens) - 1)  # the first token comes from the prefill
+    std_per_token = per_token(std.extra["decode"], len(std.tokens) - 1)  # the first token comes from the prefill
     tokens, steps = sum(len(r.tokens) for r in post), sum(r.steps for r in post)
-    post_per_token = _per_token(_sum_reports([r.extra["decode"] for r in post]), tokens)
+    post_per_token = per_token(sum_reports([r.extra["decode"] for r in post]), tokens)
     print(json.dumps({"drafter": drafter.name, "gamma": GAMMA, "post_tokens": tokens, "steps": steps,
                       "tokens_per_step": tokens / steps, "post": post_per_token, "standard": std_per_token,
                       "speedup": {k: std_per_token[k] / post_per_token[k] for k in ("lan", "wan")},

@@ -14,6 +14,8 @@ import mpc
 from mpc.approx import CoarseCompare, NonlinearConfig, SymmetricPiecewise
 from mpc.protocols import linear as L
 from mpc.protocols import nonlinear as NL
+from mpc.protocols.norm import layernorm, rmsnorm
+from mpc.protocols.softmax import softmax
 
 ULP = 2.0**-16
 
@@ -142,7 +144,7 @@ def test_softmax_edges_causal_and_masked_rows(ctx):
     mask[1, 8, 23] = True  # only the last entry kept
     x[1, 4, mask[1, 4] == 0] = 1e4  # masked garbage may be huge: never affects the row
     x = _q(ctx, x)
-    got = _run(ctx, NL.softmax, x, mask=mask)
+    got = _run(ctx, softmax, x, mask=mask)
     ref = _softmax_ref(x, mask)
     assert np.abs(got - ref).max() <= 1e-3
     assert np.all(got[~mask] == 0)
@@ -153,7 +155,7 @@ def test_softmax_edges_causal_and_masked_rows(ctx):
 def test_softmax_temperature(ctx):
     x = _softmax_inputs(ctx, np.random.default_rng(7))
     x[0, 2] *= 0.5  # keep (x_i − x_j)/T inside the documented range 2^9 − 16
-    got = _run(ctx, NL.softmax, x, temperature=0.7)
+    got = _run(ctx, softmax, x, temperature=0.7)
     assert np.abs(got - _softmax_ref(x, temperature=0.7)).max() <= 1e-3
 
 
@@ -171,7 +173,7 @@ def test_layernorm(ctx):
     x = _q(ctx, x)
     g, b = _q(ctx, 1 + 0.3 * rng.normal(size=n)), _q(ctx, 0.2 * rng.normal(size=n))
     sw = L.setup_weight(ctx, g)
-    got = np.asarray(ctx.reveal(NL.layernorm(ctx, ctx.share(x), sw, ctx.config.fixed.encode(b), 1e-5)))
+    got = np.asarray(ctx.reveal(layernorm(ctx, ctx.share(x), sw, ctx.config.fixed.encode(b), 1e-5)))
     ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
     assert np.abs(got - ref).max() <= 1e-2
     np.testing.assert_allclose(got[-2], b, atol=2 * ULP)  # all-equal row: exactly β (to an ulp)
@@ -182,7 +184,7 @@ def test_rmsnorm(ctx):
     n = 64
     x = _q(ctx, np.concatenate([_norm_rows(rng, n, mean=False), np.full((1, n), -0.75), np.eye(1, n) * 50.0]))
     g = _q(ctx, 1 + 0.3 * rng.normal(size=n))
-    got = np.asarray(ctx.reveal(NL.rmsnorm(ctx, ctx.share(x), L.setup_weight(ctx, g), 1e-6)))
+    got = np.asarray(ctx.reveal(rmsnorm(ctx, ctx.share(x), L.setup_weight(ctx, g), 1e-6)))
     ref = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
     assert np.abs(got - ref * g).max() <= 1e-2
 
@@ -190,7 +192,7 @@ def test_rmsnorm(ctx):
 @pytest.mark.slow
 def test_rmsnorm_without_scale(ctx):
     x = _q(ctx, _norm_rows(np.random.default_rng(9), 64, mean=False))
-    got = np.asarray(ctx.reveal(NL.rmsnorm(ctx, ctx.share(x), None, 1e-6)))
+    got = np.asarray(ctx.reveal(rmsnorm(ctx, ctx.share(x), None, 1e-6)))
     assert np.abs(got - x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)).max() <= 1e-2
 
 
@@ -236,10 +238,10 @@ def test_secure_jit_matches_eager_and_counts_once(ctx):
     """Under secure_jit: same accuracy, the per-call ledger equals the eager one, no recompile."""
     x = _softmax_inputs(ctx, np.random.default_rng(12))
     mask = np.arange(24)[None, :] <= (14 + np.arange(10))[:, None]
-    fn = mpc.secure_jit(lambda c, a: NL.softmax(c, a, mask=mask))
+    fn = mpc.secure_jit(lambda c, a: softmax(c, a, mask=mask))
     xs = ctx.share(x)
     mark = ctx.ledger.snapshot()
-    NL.softmax(ctx, xs, mask=mask)
+    softmax(ctx, xs, mask=mask)
     eager = ctx.ledger.since(mark).totals()
     fn(ctx, xs)
     mark = ctx.ledger.snapshot()

@@ -454,7 +454,3 @@ def silu(ctx: Context, x: Shared, op: str = "silu") -> Shared:
 def sigmoid(ctx: Context, x: Shared, op: str = "sigmoid") -> Shared:
     """σ(x) within 2e-4 for |x| < 496. 10 rounds (`piecewise`)."""
     return piecewise(ctx, x, ctx.config.nonlinear.sigmoid, op=op)
-
-
-from mpc.protocols.norm import layernorm, rmsnorm  # noqa: E402,F401  (re-exported)
-from mpc.protocols.softmax import softmax  # noqa: E402,F401

@@ -21,7 +21,7 @@ from mpc.transport.emulation import NetworkEmulation
 from mpc.transport.errors import (FrameError, HandshakeError, InsecureLinkError, PeerGone, PeerTimeout,
                                   PlaintextWarning, TransportError)
 from mpc.transport.frames import DEFAULT_MAX_MESSAGE_BYTES, HELLO, KIND_NAMES, SESSION_ID_BYTES, encode, read_message
-from mpc.transport.link import Link, _pieces
+from mpc.transport.link import Link, frame_pieces
 from mpc.transport.tls import ROLES, TlsConfig, peer_role as cert_peer_role
 from mpc.transport.wire import PlainWire, TlsWire, Wire
 
@@ -128,7 +128,7 @@ def _handshake(sock: socket.socket, *, server_side: bool, role: str, expected: t
             msg = _read_hello(wire, peer, counter=0)
             session_id = msg.session_id
         hello = encode(HELLO, bytes(session_id), 0, [_text(role), _text(version), _text(fingerprint)])
-        wire.write(b"".join(_pieces(hello)))
+        wire.write(b"".join(frame_pieces(hello)))
         if msg is None:
             msg = _read_hello(wire, peer, counter=0)
         their_role, problem = _judge_hello(msg, role=role, expected=expected, cert_role=cert_role,
@@ -136,7 +136,7 @@ def _handshake(sock: socket.socket, *, server_side: bool, role: str, expected: t
         problem = cert_problem or problem
         # Second step: each side tells the other its verdict, so that a side whose own
         # checks passed still learns why the other refused (instead of a bare EOF later).
-        wire.write(b"".join(_pieces(encode(HELLO, bytes(session_id), 1, [_text(problem or "")]))))
+        wire.write(b"".join(frame_pieces(encode(HELLO, bytes(session_id), 1, [_text(problem or "")]))))
         if problem:
             raise HandshakeError(problem)
         verdict = _read_hello(wire, their_role, counter=1)

@@ -65,7 +65,7 @@ class _Outgoing:
     done: bool = False  # written, or abandoned after a send error; guarded by Link._cv
 
 
-def _pieces(frame: Frame, chunk: int = CHUNK):
+def frame_pieces(frame: Frame, chunk: int = CHUNK):
     """The frame as writes of at most `chunk` bytes: small parts joined (fewer syscalls
     and TLS records), large payloads sliced without copying."""
     pending, size = [frame.head], len(frame.head)
@@ -157,7 +157,7 @@ class Link:
                     # Fast path: the line is idle, so write now, on this thread, what the
                     # socket takes without waiting (no hand-off to the sender thread).
                     try:
-                        rest = self._wire.try_write(b"".join(_pieces(frame)))
+                        rest = self._wire.try_write(b"".join(frame_pieces(frame)))
                     except TransportError as err:
                         self._send_error = err
                         raise
@@ -190,7 +190,7 @@ class Link:
                     self._wire.send_raw(item.raw)
                 else:
                     sent = 0
-                    for piece in _pieces(item.frame, self._chunk):
+                    for piece in frame_pieces(item.frame, self._chunk):
                         sent += len(piece)
                         if self.emulate is not None:
                             # Each chunk leaves when the emulated line would have delivered

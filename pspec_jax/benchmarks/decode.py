@@ -33,7 +33,7 @@ PRESETS = ("lan", "wan")
 GAMMAS = (2, 4, 8, 16)
 
 
-def _prompts(tokenizer, k: int) -> list[list[int]]:
+def heldout_prompts(tokenizer, k: int) -> list[list[int]]:
     from distill.prompts import EVAL, format_prompt
 
     # Spread the picks over the four kinds (chat, story, code, factual) of the held-out set.
@@ -41,7 +41,7 @@ def _prompts(tokenizer, k: int) -> list[list[int]]:
     return [format_prompt(tokenizer, EVAL[(i * step + i) % len(EVAL)]) for i in range(k)]
 
 
-def _per_token(report: dict[str, Any], tokens: int) -> dict[str, float]:
+def per_token(report: dict[str, Any], tokens: int) -> dict[str, float]:
     return {"compute_s": report["compute_s"] / tokens, "bytes": report["bytes_per_party"] / tokens,
             "rounds": report["rounds"] / tokens, **{p: report["modeled_s"][p] / tokens for p in PRESETS}}
 
@@ -65,7 +65,7 @@ def _drafting_seconds(drafter, prompt, gamma, sampling, repeats=3) -> float:
     import jax.numpy as jnp
 
     from pspec_jax.decode.common import prefill, token_buffer
-    from pspec_jax.decode.post import _draft
+    from pspec_jax.decode.post import draft_program
 
     rows = len(prompt) + gamma + 8
     cache = prefill(drafter.config, drafter.params, prompt[:-1], rows)
@@ -73,7 +73,7 @@ def _drafting_seconds(drafter, prompt, gamma, sampling, repeats=3) -> float:
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        out = _draft(drafter.config, sampling, gamma, drafter.params, cache, tokens,
+        out = draft_program(drafter.config, sampling, gamma, drafter.params, cache, tokens,
                      jnp.int32(len(prompt)), jax.random.PRNGKey(i))
         jax.block_until_ready(out)
         if i:
@@ -107,7 +107,7 @@ def secure_rows(private, drafter, name: str, prompts, gammas, tokens: int, sampl
         log(f"standard secure: {len(r.tokens)} tokens in {time.perf_counter() - t0:.0f} s")
         std_reports.append(r.extra["decode"])
         std_tokens += max(1, len(r.tokens) - 1)
-    base = _per_token(_sum_reports(std_reports), std_tokens)
+    base = per_token(sum_reports(std_reports), std_tokens)
 
     rows: list[dict[str, Any]] = []
     step_costs: dict[int, dict[str, float]] = {}
@@ -122,10 +122,10 @@ def secure_rows(private, drafter, name: str, prompts, gammas, tokens: int, sampl
             steps += r.steps
             accepted += sum(r.accepted_per_step)
             verify_wan.append(r.extra["verify_share"]["wan"])
-        dec = _sum_reports(reports)
-        step_costs[gamma] = _per_token(dec, steps)
+        dec = sum_reports(reports)
+        step_costs[gamma] = per_token(dec, steps)
         step_costs[gamma]["draft_s"] = _drafting_seconds(drafter, prompts[0], gamma, sampling)
-        per_tok = _per_token(dec, emitted)
+        per_tok = per_token(dec, emitted)
         rows.append({"drafter": name, "gamma": gamma, "kind": "measured", "tokens": emitted,
                      "secure_passes": steps, "acceptance": accepted / (gamma * steps),
                      "tokens_per_step": emitted / steps, "compute_s_per_token": per_tok["compute_s"],
@@ -165,7 +165,7 @@ def projected_rows(private, drafters: dict[str, Any], secure: dict[str, Any], pr
     return rows
 
 
-def _sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+def sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     out = {"compute_s": sum(r["compute_s"] for r in reports),
            "bytes_per_party": sum(r["bytes_per_party"] for r in reports),
            "rounds": sum(r["rounds"] for r in reports),
@@ -291,7 +291,7 @@ def run_bench(args) -> dict:
     drafters = {aligned.name: aligned, untrained: private.truncated(DEFAULT_DRAFTER_LAYERS)}
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if secure is None:
-        prompts = _prompts(private.tokenizer, args.prompts)
+        prompts = heldout_prompts(private.tokenizer, args.prompts)
         secure = secure_rows(private, aligned, aligned.name, prompts, gammas, args.tokens, sampling,
                              args.privacy, log=log)
         secure["settings"] = {"tokens": args.tokens, "prompts": args.prompts,
@@ -300,7 +300,7 @@ def run_bench(args) -> dict:
         costs_path.write_text(json.dumps(secure, indent=1))
     n_plain, plain_tokens = (2, 16) if args.quick else (6, 32)
     result = {"baseline": secure["baseline"],
-              "rows": secure["rows"] + projected_rows(private, drafters, secure, _prompts(private.tokenizer, n_plain),
+              "rows": secure["rows"] + projected_rows(private, drafters, secure, heldout_prompts(private.tokenizer, n_plain),
                                                       sampling, plain_tokens, log=log),
               "settings": {**secure["settings"], "plain_prompts": n_plain, "plain_tokens": plain_tokens}}
     png = plot(result, out_dir / "decode_speedup.png")

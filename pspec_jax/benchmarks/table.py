@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     if isinstance(v, float):
         if v == 0:
             return "0"
@@ -22,7 +22,7 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "(no rows)"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -32,8 +32,8 @@ def _bench_mpc(args) -> dict:
     shapes = [(5, 576, 1536)] if args.quick else [(512, 768, 768), (5, 576, 1536)]
     result = {"ring_matmul": bench.ring_matmul_rows(shapes, args.repeats),
               "protocols": bench.protocol_rows(args.repeats, only_small=args.quick)}
-    if importlib.util.find_spec("mpc.bench_nonlinear") is not None:
-        from mpc.bench_nonlinear import nonlinear_rows
+    if importlib.util.find_spec("pspec_jax.benchmarks.nonlinear") is not None:
+        from pspec_jax.benchmarks.nonlinear import nonlinear_rows
 
         result["nonlinear"] = nonlinear_rows(args.repeats)
     return result

@@ -31,6 +31,15 @@ def party_options(args: argparse.Namespace, role: str):
 
     if not args.timeout > 0:
         raise UserError(f"--timeout must be > 0, got {args.timeout}")
+    if not args.tls:  # one line, once, instead of the transport's warning at every link
+        import sys
+        import warnings
+
+        from mpc.transport import PlaintextWarning
+
+        warnings.simplefilter("ignore", PlaintextWarning)
+        print(f"pspec {role}: warning: plaintext links without --tls, allowed on loopback only (tests, demos)",
+              file=sys.stderr, flush=True)
     try:
         tls = TlsConfig.from_dir(args.tls, role) if args.tls else None
         emulate = None if args.emulate == "none" else NetworkEmulation.preset(args.emulate)

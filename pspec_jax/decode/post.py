@@ -38,13 +38,13 @@ from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, ch
                                      prefill, token_buffer)
 from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, client_key, sample, secret_uniform, step_key
-from pspec_jax.decode.secure import _slice, check_secure_sampling, finish_cli
+from pspec_jax.decode.secure import ledger_slice, check_secure_sampling, finish_cli
 from pspec_jax.decode.spec import check_pair, draft_tokens
 from pspec_jax.errors import UserError
 
 RULES = ("exact", "always_accept")  # always_accept: NEGATIVE CONTROL for tests only
 
-_draft = jax.jit(draft_tokens, static_argnums=(0, 1, 2))
+draft_program = jax.jit(draft_tokens, static_argnums=(0, 1, 2))
 
 
 
@@ -129,7 +129,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         k_draft, k_r, k_y = jax.random.split(step_key(key, jnp.int32(len(accepted))), 3)
         # 1. the client drafts in the clear.
         ts = time.perf_counter()
-        drafts, q, cache_d = _draft(drafter.config, sampling, gamma, drafter.params, cache_d,
+        drafts, q, cache_d = draft_program(drafter.config, sampling, gamma, drafter.params, cache_d,
                                     tokens, jnp.int32(length), k_draft)
         drafts = np.asarray(drafts)
         q_x = np.asarray(q)[np.arange(gamma), drafts].astype(np.float64)
@@ -175,7 +175,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
 
     decode_compute = costs.draft_s + costs.forward_s + costs.verify_s
     steps = len(accepted)
-    prefill_rep = CostReport.of(_slice(ledger, setup_mark, decode_mark), prefill_compute, 1 if len(prompt_ids) > 1 else 0)
+    prefill_rep = CostReport.of(ledger_slice(ledger, setup_mark, decode_mark), prefill_compute, 1 if len(prompt_ids) > 1 else 0)
     decode_rep = CostReport.of(ledger.since(decode_mark), decode_compute, steps)
     total = CostReport.of(ledger.since(setup_mark), prefill_compute + decode_compute, prefill_rep.secure_passes + steps)
     decode_ledger = ledger.since(decode_mark)

@@ -85,7 +85,7 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
         if token == eos_id:
             stop = "eos"
     decode_compute = time.perf_counter() - t1
-    prefill = CostReport.of(_slice(ledger, setup_mark, decode_mark), prefill_compute, 1)
+    prefill = CostReport.of(ledger_slice(ledger, setup_mark, decode_mark), prefill_compute, 1)
     decode = CostReport.of(ledger.since(decode_mark), decode_compute, len(out) - 1)
     total = CostReport.of(ledger.since(setup_mark), prefill_compute + decode_compute, len(out))
     extra: dict[str, Any] = {
@@ -99,7 +99,7 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
     return res
 
 
-def _slice(ledger: mpc.Ledger, start: int, end: int) -> mpc.Ledger:
+def ledger_slice(ledger: mpc.Ledger, start: int, end: int) -> mpc.Ledger:
     sub = mpc.Ledger()
     sub.entries = ledger.entries[start:end]
     return sub

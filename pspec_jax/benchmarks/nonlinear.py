@@ -10,7 +10,7 @@ and that law, ≈ 0.02 expected from sampling noise alone). Two summary rows add
 at T = 8 (GPT-2: 2 LayerNorms, causal softmax over 12 heads, GeLU; SmolLM2: 2 RMSNorms,
 softmax over 9 heads, SiLU).
 
-Run: `pspec bench mpc` (all MPC tables) or `python -m mpc.bench_nonlinear [repeats]`.
+Run: `pspec bench mpc` (all MPC tables) or `python -m pspec_jax.benchmarks.nonlinear [repeats]`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import numpy as np
 import mpc
 from mpc.protocols import linear as L
 from mpc.protocols import nonlinear as NL
+from mpc.protocols.norm import layernorm, rmsnorm
+from mpc.protocols.softmax import softmax
 from mpc.protocols import sampling as S
 
 
@@ -60,7 +62,7 @@ def _cases(rng):
         x = rng.normal(size=(h, t, n)) * 3
         mask = _causal(t, n)
         cases.append((f"softmax causal ({tag})", f"{h}x{t}x{n}", x,
-                      lambda ctx, s, mask=mask: NL.softmax(ctx, s, mask=mask), _softmax(x, mask), {}))
+                      lambda ctx, s, mask=mask: softmax(ctx, s, mask=mask), _softmax(x, mask), {}))
     x = rng.normal(size=(8, 3072)) * 3
     cases.append(("gelu", "8x3072", x, NL.gelu, _gelu(x), {}))
     x = rng.normal(size=(8, 1536)) * 3
@@ -72,10 +74,10 @@ def _cases(rng):
         g, b = 1 + 0.1 * rng.normal(size=d), 0.1 * rng.normal(size=d)
         if fam == "ln":
             ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
-            fn = lambda ctx, s, sw, bias: NL.layernorm(ctx, s, sw, bias, 1e-5)  # noqa: E731
+            fn = lambda ctx, s, sw, bias: layernorm(ctx, s, sw, bias, 1e-5)  # noqa: E731
         else:
             ref = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6) * g
-            fn = lambda ctx, s, sw, bias: NL.rmsnorm(ctx, s, sw, 1e-6)  # noqa: E731
+            fn = lambda ctx, s, sw, bias: rmsnorm(ctx, s, sw, 1e-6)  # noqa: E731
         cases.append((name, f"{m}x{d}", x, fn, ref, {"g": g, "b": b if fam == "ln" else None}))
     z = -rng.uniform(0, 20, size=(9, 8, 72))
     cases.append(("exp", "9x8x72", z, NL.exp, np.where(z < -16, 0, np.exp(z)), {}))
