@@ -202,3 +202,28 @@ def test_secure_forward_and_post_verification_party_local(family):
         (n, res), (n_c, res_c), (n_s, _) = sim_out, c_out, s_out
         assert int(n) == int(n_c) == int(n_s)  # the accepted count: opened to both
         np.testing.assert_array_equal(np.asarray(res_c), np.asarray(res))  # token or row: the client's only
+
+
+def test_xor_openings_carry_only_the_bits_they_open():
+    """An opening of 1-bit words sends ⌈n/8⌉ bytes and reveals bit 0 only, whatever the
+    higher bits of the shares hold (b2a and select_bit open masked bit 0 alone)."""
+    high = np.uint64(0xF0F0_F0F0_F0F0_F0F0)
+
+    def program(ctx, p):
+        (me,) = ctx.parties
+        words = XorShared(jnp.full((1, 10), high | np.uint64(p), jnp.uint64), (me,))
+        before = ctx.channel.link.bytes_sent
+        got = ctx.channel.open("bits", words, bits=1)
+        return np.asarray(got), ctx.channel.link.bytes_sent - before
+
+    parts, _ = run_parties(program)
+    for got, sent in parts:
+        np.testing.assert_array_equal(got, np.ones(10, np.uint64))  # 0 ⊕ 1 in bit 0, nothing above
+        assert sent == 2
+
+
+def test_server_weight_repr_hides_the_weight_and_mask():
+    ctx = mpc.Context(seed=SEED)
+    sw = L.setup_weight(ctx, np.full((3, 2), 0.123456))
+    text = repr(sw) + str(sw)
+    assert "ServerWeight(shape=(3, 2)" in text and "8090" not in text and "Array" not in text
