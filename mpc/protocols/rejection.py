@@ -40,6 +40,7 @@ from mpc.shares import CLIENT, Shared, XorShared, concatenate
 ONE = np.uint64(1)
 A_FRAC = 28  # most fractional bits of the client's threshold a = r·q(x) (fewer when a·Z needs room)
 PRIVACY_MODES = ("paper", "strict")
+MAX_GAMMA = 64  # the accept flags of a step are packed into one uint64 word
 
 
 def accept_flags(ctx: Context, weights: Shared, totals: Shared, drafts, a, op: str = "accept") -> XorShared:
@@ -72,6 +73,9 @@ def first_rejection(ctx: Context, accept: XorShared, to=CLIENT, op: str = "first
     (8 bytes per sender).
     """
     (gamma,) = accept.shape
+    if not 1 <= gamma <= MAX_GAMMA:
+        raise ValueError(f"first_rejection: the accept flags pack into one 64-bit word, γ must be in [1, {MAX_GAMMA}], "
+                         f"got {gamma}")
     packed = accept.map(lambda v: jnp.bitwise_xor.reduce(v << jnp.arange(gamma, dtype=jnp.uint64)[None], axis=1))
     run = C.prefix_and(ctx, packed, gamma, op=op + "/prefix_and")  # one word
     bits = run.map(lambda v: (v[:, None] >> jnp.arange(gamma, dtype=jnp.uint64)[None]) & ONE)  # (γ,)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mpc.protocols.rejection import MAX_GAMMA
 from pspec_jax.errors import UserError
 from pspec_jax.models.arch import forward
 from pspec_jax.models.cache import KVCache, init_cache
@@ -163,9 +164,8 @@ def token_buffer(ids: list[int], size: int, batch: int = 1) -> jax.Array:
 
 
 # POST packs the γ accept flags of a step into one 64-bit ring word
-# (mpc.protocols.rejection.first_rejection shifts flag i by i bits): beyond 64 drafts the
-# shifts wrap and n, the accepted count, comes out wrong without any error.
-MAX_POST_GAMMA = 64
+# (mpc.protocols.rejection.first_rejection, which refuses more): the protocol's limit.
+MAX_POST_GAMMA = MAX_GAMMA
 
 
 def check_gamma(gamma: int, *, post: bool = False) -> int:
