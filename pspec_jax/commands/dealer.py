@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     host, port = address(args.listen, "--listen")
     tls, emulate = party_options(args, "dealer")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pspec").setLevel(logging.INFO)  # our one line per session; libraries stay quiet
     try:
         listener = listen(host, port, role="dealer", tls=tls)
     except (OSError, TransportError) as err:

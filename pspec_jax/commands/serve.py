@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     tls, emulate = party_options(args, "server")
     if args.max_len < 1 or (args.sessions is not None and args.sessions < 1):
         raise UserError("--max-len and --sessions must be >= 1")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pspec").setLevel(logging.INFO)  # our one line per session; libraries stay quiet
     private = load_private(args)
     try:
         listener = listen(host, port, role="server", tls=tls)
