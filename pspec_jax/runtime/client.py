@@ -61,7 +61,15 @@ class Client:
         except TransportError:
             link.close()
             raise
-        return RemoteSession(private.config, link, dealer_link, max_len)
+        try:  # the session's set-up already talks to both peers (weights, dealer key)
+            return RemoteSession(private.config, link, dealer_link, max_len)
+        except Exception as err:  # noqa: BLE001 - report the link's own failure, not XLA's wrapper
+            reason = failure_of(err, link, dealer_link)
+            link.close()
+            dealer_link.close()
+            if isinstance(reason, TransportError):
+                raise reason from None
+            raise
 
     def generate(self, private: PublicModel, prompt_ids: list[int], *, mode: str = "post", drafter=None,
                  max_new_tokens: int = 32, gamma: int = 4, sampling: Sampling = Sampling(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import struct
 from typing import Any, Callable
@@ -172,6 +173,18 @@ def serve_session(link, dealer_link, config: ModelConfig, params: Any, max_len_l
             sess.next_token(logits, _bits_float(args[0]))
         else:
             raise TransportError(f"unknown or malformed command {cmd[:4]}")
+
+
+class _QuietLinkFailures(logging.Filter):
+    """JAX logs the traceback of every exception raised inside a host callback; a link
+    failure there is reported by the session as one line (`failure_of`), so its traceback
+    must not reach the user's terminal. Other callback errors are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TransportError))
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietLinkFailures())
 
 
 class Watched:
