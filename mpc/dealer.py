@@ -614,8 +614,12 @@ class CorrectionMaker:
     masks are rebuilt from their row descriptors on every request.
     """
 
-    def __init__(self, keys: dict) -> None:
+    def __init__(self, keys: dict, compiled: bool = True) -> None:
+        """`compiled=False`: run each correction eagerly — for a maker called from inside
+        another compiled program's host callback (in-process tests), where compiling and
+        running a nested program can deadlock on the one CPU device."""
         self.keys = {CLIENT: keys[CLIENT], SERVER: keys[SERVER]}
+        self.compiled = compiled
         self._weight_masks: dict[tuple, np.ndarray] = {}
         self._programs: dict[Request, Callable] = {}
 
@@ -655,7 +659,10 @@ class CorrectionMaker:
             mask = operand_mask(rows, tuple(drawn[row_axes:]),
                                 lambda h, n: self._words(CLIENT, h, n) + self._words(SERVER, h, n))
             extra = mask.transpose(perm)
-        if req not in self._programs:  # one compiled correction per request signature
-            self._programs[req] = jax.jit(lambda a, b, e, req=req: kind.correct(req, a, b, e))
-        corr = self._programs[req](w0, w1, extra)
+        if not self.compiled:
+            corr = kind.correct(req, jnp.asarray(w0), jnp.asarray(w1), extra)
+        else:
+            if req not in self._programs:  # one compiled correction per request signature
+                self._programs[req] = jax.jit(lambda a, b, e, req=req: kind.correct(req, a, b, e))
+            corr = self._programs[req](w0, w1, extra)
         return np.concatenate([np.asarray(c, np.uint64).reshape(-1) for c in corr])
