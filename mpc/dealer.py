@@ -261,11 +261,6 @@ def _random_assemble(req, p, w, corr):
     return (w.reshape(req.shapes[0]),)
 
 
-def _and_words(req):
-    n = _n(req.shapes[0])
-    return 3 * n, 2 * n
-
-
 def _and_correct(req, w0, w1, extra):
     """c = a & b on words: 8·n bytes to the server."""
     s = req.shapes[0]
@@ -327,7 +322,7 @@ KINDS: dict[str, Kind] = {
     "index_ot": Kind(_ot_words, _ot_assemble, _ot_correct, to=CLIENT),
     "trunc_pair": Kind(_trunc_words, _trunc_assemble, _trunc_correct),
     "random_shared": Kind(_random_words, _random_assemble),
-    "and_triple": Kind(_and_words, _triple_assemble, _and_correct),
+    "and_triple": Kind(_triple_words, _triple_assemble, _and_correct),
     "bit_pair": Kind(_bit_words, _bit_assemble, _bit_correct),
     "bit_select": Kind(_bit_select_words, _bit_select_assemble, _bit_select_correct),
 }
@@ -336,19 +331,9 @@ KIND_NAMES = tuple(KINDS)
 
 def correction_bytes(req: Request) -> int:
     """Bytes of the correction of one request (what the dealer sends for it)."""
-    kind = KINDS[req.kind]
-    if kind.correct is None:
+    if KINDS[req.kind].correct is None:
         return 0
-    if req.kind == "weight_triple":
-        return 8 * sum(_n(s) for s in req.shapes[1::2])
-    if req.kind == "operand_triple":
-        return 8 * _n(req.shapes[1])
-    if req.kind == "matmul_triple":
-        return 8 * _n(req.shapes[2])
-    if req.kind == "index_ot":
-        return 8 * req.shapes[0][0]
-    per = {"trunc_pair": 16, "bit_select": 16}.get(req.kind, 8)
-    return per * _n(req.shapes[0])
+    return 8 * sum(_n(s) for s in _correction_shapes(req))
 
 
 # --- cached operands: row descriptors ---------------------------------------------------------
