@@ -13,6 +13,8 @@ import pytest
 import mpc
 from mpc.protocols import linear as L
 from mpc.protocols import nonlinear as NL
+from mpc.protocols import norm as N
+from mpc.protocols import softmax as SM
 from mpc.protocols import sampling as S
 
 
@@ -112,7 +114,7 @@ def test_softmax_cost(ctx):
     want = add(group_max(rows, n), exp(rows * n),
                normalised(rows, 1.0, 1.04 * n, 1, q=ctx.config.nonlinear.exp_frac),
                (16 * rows * n, 1), trunc(rows * n))
-    assert _cost(ctx, lambda c, a: NL.softmax(c, a, mask=mask), x) == sym(want)
+    assert _cost(ctx, lambda c, a: SM.softmax(c, a, mask=mask), x) == sym(want)
     assert want[1] == 40
 
 
@@ -123,11 +125,11 @@ def test_norm_costs(ctx):
     nl = ctx.config.nonlinear
     rs = normalised(m, n * nl.norm_var_lo, n * nl.norm_var_hi, 2, q=32)
     core = add(rs, (16 * m * n, 1), trunc(m * n))
-    b0, b1, r = _cost(ctx, lambda c, a, w: NL.layernorm(c, a, w, None, 1e-5), x, sw)
+    b0, b1, r = _cost(ctx, lambda c, a, w: N.layernorm(c, a, w, None, 1e-5), x, sw)
     want = add(trunc(m), (8 * m * n, 1), core, trunc(m * n))
     assert (b0, b1, r) == (want[0] + 8 * m * n, want[0], want[1] + 1)  # mul_weight: the client sends 8·m·n
     assert r == 19
-    b0, b1, r = _cost(ctx, lambda c, a, w: NL.rmsnorm(c, a, w, 1e-6), x, sw)
+    b0, b1, r = _cost(ctx, lambda c, a, w: N.rmsnorm(c, a, w, 1e-6), x, sw)
     want = add((8 * m * n, 1), core, trunc(m * n))
     assert (b0, b1, r) == (want[0] + 8 * m * n, want[0], want[1] + 1)
     assert r == 18
@@ -140,8 +142,8 @@ def test_layer_round_budget(ctx):
     s = ctx.share(np.zeros((12, 8, 72)))
     mask = np.arange(72)[None, :] <= (64 + np.arange(8))[:, None]
     h = ctx.share(np.zeros((8, 3072)))
-    rounds = (2 * _cost(ctx, lambda c, a, w: NL.layernorm(c, a, w, None, 1e-5), x, sw)[2]
-              + _cost(ctx, lambda c, a: NL.softmax(c, a, mask=mask), s)[2] + _cost(ctx, NL.gelu, h)[2])
+    rounds = (2 * _cost(ctx, lambda c, a, w: N.layernorm(c, a, w, None, 1e-5), x, sw)[2]
+              + _cost(ctx, lambda c, a: SM.softmax(c, a, mask=mask), s)[2] + _cost(ctx, NL.gelu, h)[2])
     assert rounds == 88 <= 100
 
 
