@@ -250,8 +250,9 @@ def remote_runner(args: argparse.Namespace):
     if not (args.server and args.dealer):
         raise UserError("a real run needs both --server HOST:PORT and --dealer HOST:PORT")
     server, dealer = address(args.server, "--server"), address(args.dealer, "--dealer")
-    tls, emulate = party_options(args, "client")
-    client = Client(server, dealer, tls=args.tls, timeout_s=args.timeout, emulate=emulate)
+    tls, emulate, emulate_dealer = party_options(args, "client")
+    client = Client(server, dealer, tls=args.tls, timeout_s=args.timeout, emulate=emulate,
+                    emulate_dealer=emulate_dealer)
 
     def run_remote(req: GenerateRequest):
         # The client knows the private model's public shape and tokenizer, never a weight.

@@ -18,10 +18,11 @@ from pspec_jax.runtime.session import (DEALER_FINGERPRINT, PROTOCOL_VERSION, Wat
 log = logging.getLogger("pspec.server")
 
 
-def run_server(listener, dealer: tuple[str, int], config, params: Any, *, tls, dealer_tls, timeout_s: float,
-               max_len: int, emulate=None, max_sessions: int | None = None) -> int:
-    """Serve sessions until `max_sessions` have ended (or forever). Returns how many
-    ended cleanly."""
+def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *, tls, dealer_tls, timeout_s: float,
+               max_len: int, emulate=None, emulate_dealer=None, max_sessions: int | None = None) -> int:
+    """Serve sessions until `max_sessions` have ended (or forever). `ranges`: the model's
+    calibration (`pspec_jax.secure.ranges.measure`), sent to every client. Returns how
+    many sessions ended cleanly."""
     fp = model_fingerprint(config)
     served = ok = 0
     log.info("server listening on %s:%d (%s); model %s", listener.host, listener.port,
@@ -42,8 +43,9 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, *, tls, d
         try:
             dealer_link = Watched(connect(*dealer, role="server", peer_role="dealer", tls=dealer_tls,
                                           session_id=link.session_id, version=PROTOCOL_VERSION,
-                                          fingerprint=DEALER_FINGERPRINT, timeout_s=timeout_s, emulate=emulate))
-            counts = serve_session(client, dealer_link, config, params, max_len)
+                                          fingerprint=DEALER_FINGERPRINT, timeout_s=timeout_s,
+                                          emulate=emulate_dealer))
+            counts = serve_session(client, dealer_link, config, params, ranges, max_len)
             ok += 1
             log.info("session %s: done, %d secure passes, cache length %d, %.1f s, %d bytes sent to the client",
                      sid, counts["passes"], counts["length"], time.perf_counter() - t0, link.stats.bytes_wire_sent)
