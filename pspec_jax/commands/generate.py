@@ -30,8 +30,8 @@ from pspec_jax.errors import UserError
 MODES: dict[str, Any] = {
     "plain": "pspec_jax.commands.generate:run_plain",
     "spec": "pspec_jax.commands.generate:run_spec",
-    "secure": "pspec_jax.decode.secure:run_generate",
-    "post": "pspec_jax.decode.post:run_generate",
+    "secure": "pspec_jax.commands.secure_modes:run_secure",
+    "post": "pspec_jax.commands.secure_modes:run_post",
 }
 
 
@@ -242,7 +242,7 @@ def remote_runner(args: argparse.Namespace):
     import time
 
     from pspec_jax.commands.netopts import address, party_options
-    from pspec_jax.decode.secure import finish_cli
+    from pspec_jax.commands.secure_modes import finish_cli
     from pspec_jax.runtime.client import Client, PublicModel
 
     if args.mode not in ("secure", "post"):
@@ -319,7 +319,7 @@ def check_mode_options(args: argparse.Namespace) -> None:
             raise UserError(f"--{opt} does not apply to --mode {args.mode} (only to {', '.join(users)})")
     check_gamma(args.gamma, post=args.mode == "post")
     if "network" in takes:
-        from pspec_jax.decode.secure import check_network
+        from pspec_jax.commands.secure_modes import check_network
 
         args.network = check_network(args.network or DEFAULT_NETWORK)
     if "privacy" in takes:

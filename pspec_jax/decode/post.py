@@ -38,7 +38,7 @@ from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, ch
                                      prefill, token_buffer)
 from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, client_key, sample, secret_uniform, step_key
-from pspec_jax.decode.secure import check_secure_sampling, check_temperature, finish_cli, ledger_slice
+from pspec_jax.decode.secure import check_secure_sampling, check_temperature, ledger_slice
 from pspec_jax.decode.spec import check_pair, draft_tokens
 from pspec_jax.errors import UserError
 
@@ -214,13 +214,3 @@ def check_privacy(privacy: str) -> str:
     if privacy not in PRIVACY_MODES:
         raise UserError(f"unknown privacy mode {privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
     return privacy
-
-
-def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode post` (see pspec_jax.commands.generate, which has checked
-    --network and --privacy before loading the models)."""
-    args = req.args
-    res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
-                        req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
-    share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res.extra["verify_share"].items())
-    return finish_cli(res, args, (f"  verification share of the decode steps' modelled time: {share}",))

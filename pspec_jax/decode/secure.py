@@ -17,7 +17,7 @@ import numpy as np
 
 import mpc
 from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids
-from pspec_jax.decode.costs import CostReport, format_costs, profile
+from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling
 from pspec_jax.errors import UserError
 
@@ -124,47 +124,3 @@ def ledger_slice(ledger: mpc.Ledger, start: int, end: int) -> mpc.Ledger:
     sub = mpc.Ledger()
     sub.entries = ledger.entries[start:end]
     return sub
-
-
-def report_text(res: GenerationResult) -> str:
-    return format_costs({k: v for k, v in res.extra.items() if k in (
-        "secure_passes", "compute_s", "bytes_per_party", "rounds", "modeled_s", "per_token")}, f"[{res.mode}] costs")
-
-
-def check_network(name: str) -> str:
-    """The one check of a network preset name (lan, wan, dc); returns it. The CLI calls it
-    before loading any model."""
-    try:
-        mpc.network(name)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    return name
-
-
-def finish_cli(res: GenerationResult, args, lines: tuple[str, ...] = ()) -> GenerationResult:
-    """The secure modes' CLI epilogue: drop the ledger from the result, add the network and
-    (`--profile`) the per-op profile, and print the cost table plus `lines` unless --json."""
-    ledger, ranges = res.extra.pop("_ledger"), res.extra.pop("_ranges")
-    res.extra["network"] = args.network
-    if args.profile:
-        res.extra["profile"] = profile(ledger)
-        if ranges is not None:
-            res.extra["profile"]["ranges"] = ranges
-    if not args.json:
-        print("\n" + report_text(res))
-        for line in lines:
-            print(line)
-        if args.profile:
-            for k, v in list(res.extra["profile"]["by_op"].items())[:15]:
-                print(f"  {k:32s} {v['bytes_per_party']:>14,} B  {v['rounds']:>6} rounds")
-            for k, v in res.extra["profile"].get("ranges", {}).items():
-                print(f"  ranges: {k} = {v}")
-    return res
-
-
-def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode secure` (see pspec_jax.commands.generate, which has checked
-    --network before loading the model)."""
-    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
-                          req.eos_id, req.on_tokens)
-    return finish_cli(res, req.args)

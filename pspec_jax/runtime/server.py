@@ -37,7 +37,7 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *
             log.warning("refused a client: %s", str(err).splitlines()[0])
             continue
         link.set_timeout(timeout_s)
-        sid, t0, dealer_link = link.session_id.hex()[:8], time.perf_counter(), None
+        sid, t0, dealer_link, why = link.session_id.hex()[:8], time.perf_counter(), None, None
         served += 1
         client = Watched(link)
         try:
@@ -51,10 +51,12 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *
                      sid, counts["passes"], counts["length"], time.perf_counter() - t0, link.stats.bytes_wire_sent)
         except Exception as err:  # noqa: BLE001 - one line per failed session, keep serving
             reason = failure_of(err, client, dealer_link)
-            log.warning("session %s: dropped after %.1f s: %s", sid, time.perf_counter() - t0,
-                        str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__)
+            line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+            log.warning("session %s: dropped after %.1f s: %s", sid, time.perf_counter() - t0, line)
+            if dealer_link is not None and dealer_link.failure is not None:
+                why = f"its link to the dealer failed ({line})"  # a transport error: public
         finally:
-            link.close()
+            link.close(reason=why)
             if dealer_link is not None:
                 dealer_link.close()
     return ok
