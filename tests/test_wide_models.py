@@ -15,8 +15,11 @@ from pspec_jax.models.bundle import shaped_model
 from pspec_jax.secure import SecureSession
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["gpt2-small", "d960", "llama7b-layer"])
+# d960 ~2 min on 2 cores (CI); GPT-2-small's 12 layers ~10 min and the LLaMA-7B block
+# (~17 GB peak) by hand: `make test-heavy`.
+@pytest.mark.parametrize("name", [pytest.param("gpt2-small", marks=pytest.mark.heavy),
+                                  pytest.param("d960", marks=pytest.mark.slow),
+                                  pytest.param("llama7b-layer", marks=pytest.mark.heavy)])
 def test_secure_forward_of_wide_models(name):
     b = shaped_model(name, max_seq_len=64)
     ids = np.array([0, 17, 301, 42, 5], np.int32) % b.config.vocab_size
