@@ -148,7 +148,10 @@ class NonlinearConfig:
     n·that range); below it the output error grows, all-equal rows give exactly β.
 
     Sampling: u has `sample_u_bits` random bits from both parties' own randomness;
-    comparisons use `sample_compare` (exact).
+    comparisons use `sample_compare` (exact). `logit_spread` is the widest max − min of a
+    logits row the vocabulary protocols must handle (calibrated per model,
+    `pspec_jax.secure.ranges`): `argmax_compare` must cover it, and it bounds the
+    sampling temperature from below (`mpc.protocols.sampling.min_temperature`).
     """
 
     gelu: SymmetricPiecewise = GELU
@@ -180,6 +183,7 @@ class NonlinearConfig:
 
     sample_u_bits: int = 24
     sample_compare: CoarseCompare = CoarseCompare()
+    logit_spread: float = 64.0
 
     def __post_init__(self):
         if self.exp_clip > 2.0 ** self.exp_scale_log2:
@@ -191,6 +195,9 @@ class NonlinearConfig:
             raise ValueError(f"sample_u_bits must be in [8, 40], got {self.sample_u_bits}")
         if not 2 <= self.norm_tol_bits <= 8:
             raise ValueError(f"norm_tol_bits must be in [2, 8], got {self.norm_tol_bits}")
+        if self.argmax_compare.range_log2 is not None and self.logit_spread >= 2.0 ** self.argmax_compare.range_log2:
+            raise ValueError(f"argmax_compare's range 2^{self.argmax_compare.range_log2} does not cover "
+                             f"logit_spread {self.logit_spread}")
         if not 0 < self.norm_var_lo < self.norm_var_hi:
             raise ValueError(f"norm variance range must be 0 < lo < hi, got {self.norm_var_lo}, {self.norm_var_hi}")
 

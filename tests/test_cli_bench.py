@@ -95,3 +95,16 @@ def test_reuse_secure_accepts_a_good_file(tmp_path):
 def test_bench_decode_options_before_the_model(capsys, tmp_path, no_model, argv, msg):
     rc, err = _bench(capsys, "--out", str(tmp_path), *argv)
     assert rc == 2 and err.count("\n") == 1 and msg in err, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--shape", "gpt5"], "unknown --shape 'gpt5'"),
+    (["--shape", "d960", "--private", "x"], "not both"),
+])
+def test_bench_forward_options_before_the_model(capsys, no_model, argv, msg):
+    try:
+        rc = main(["bench", "forward", *argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and msg in err, err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -131,7 +132,10 @@ def _capture_post_thresholds(capsys, monkeypatch, argv) -> list[np.ndarray]:
 
     class Session:
         def __init__(self, config, params, max_len, **_):
-            self.max_len, self.V, self.ledger, self.ctx, self.setup_s = max_len, config.vocab_size, Ledger(), None, 0.0
+            from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+
+            self.max_len, self.V, self.ledger, self.setup_s = max_len, config.vocab_size, Ledger(), 0.0
+            self.config, self.ctx = config, types.SimpleNamespace(config=DEFAULT_MPC_CONFIG)
 
         def rollback(self, n):
             pass

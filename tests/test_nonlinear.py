@@ -189,6 +189,22 @@ def test_rmsnorm(ctx):
     assert np.abs(got - ref * g).max() <= 1e-2
 
 
+@pytest.mark.parametrize("n", [768, 4096])
+def test_norms_on_wide_rows(n):
+    """Rows wider than 715 with massive variances (SmolLM2's first-token rows reach 8e5):
+    Σd² would pass 2^62 at scale 2^32, so the squares drop low bits first (no exception)."""
+    ctx = mpc.Context(mpc.MPCConfig(nonlinear=NonlinearConfig(norm_var_hi=1.5e6)), seed=b"wide")
+    rng = np.random.default_rng(n)
+    x = _q(ctx, np.concatenate([_norm_rows(rng, n, var_lo=1e-2, var_hi=1.4e6, rows=6, mean=False),
+                                np.eye(1, n) * 2.2e4]))  # one massive entry
+    got = np.asarray(ctx.reveal(rmsnorm(ctx, ctx.share(x), None, 1e-6)))
+    assert np.abs(got - x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)).max() <= 1e-2
+    y = _q(ctx, _norm_rows(rng, n, var_lo=1e-2, var_hi=1.4e6, rows=4))
+    got = np.asarray(ctx.reveal(layernorm(ctx, ctx.share(y), None, None, 1e-5)))
+    ref = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5)
+    assert np.abs(got - ref).max() <= 1e-2
+
+
 @pytest.mark.slow
 def test_rmsnorm_without_scale(ctx):
     x = _q(ctx, _norm_rows(np.random.default_rng(9), 64, mean=False))

@@ -160,7 +160,10 @@ def _verify(ctx, logits, drafts, thresholds, q_rows, *, temperature: float, priv
     return speculative_verify(ctx, logits, drafts, thresholds, q_rows, temperature, privacy)
 
 
-@pytest.mark.parametrize("family", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
+# ~7 min on 2 cores (three contexts compile every program): slow, in CI; the three-process
+# test of tests/test_runtime.py covers the same programs party-local in the quick suite.
+@pytest.mark.parametrize("family", [pytest.param("llama", marks=pytest.mark.slow),
+                                    pytest.param("gpt2", marks=pytest.mark.heavy)])
 def test_secure_forward_and_post_verification_party_local(family):
     """The whole secure forward (prefill, a 3-token pass, rollback) and POST's three
     verifications, each party holding only its own shares (weights: the server's only;
@@ -183,7 +186,7 @@ def test_secure_forward_and_post_verification_party_local(family):
     def program(ctx, p):
         client, server = p in (None, CLIENT), p in (None, SERVER)
         params = b.params if server else jax.tree_util.tree_map(jnp.zeros_like, b.params)
-        sess = SecureSession(b.config, params, max_len=8, seed=SEED, ctx=ctx)
+        sess = SecureSession(b.config, params, max_len=8, mpc_config=DEFAULT_MPC_CONFIG, seed=SEED, ctx=ctx)
         mine = (lambda a: a) if client else np.zeros_like
         sess.forward(mine(ids[:, :3]), with_logits=False)
         logits = sess.forward(mine(ids[:, 2:5]))

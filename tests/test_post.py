@@ -41,6 +41,7 @@ def _plain_rule(logits, drafts, thresholds, T):
     return p, int(np.cumprod(acc).sum())
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores (eager protocol calls)
 def test_speculative_verify_matches_the_plain_rule():
     """n equals the plain rule's (thresholds kept away from the boundary); paper mode opens
     row n of softmax(l/T); strict mode draws from the residual's support only."""

@@ -437,6 +437,13 @@ def test_peer_closed_session():
         client.close()  # idempotent
 
 
+def test_goodbye_carries_a_reason():
+    with pair() as (client, server):
+        server.close(reason="its dealer went away\nsecond line dropped")
+        with pytest.raises(PeerGone, match="^server closed the session: its dealer went away$"):
+            client.recv()
+
+
 def test_close_wakes_a_blocked_recv():
     with pair(timeout_s=5.0) as (client, server):
         threading.Timer(0.2, server.close).start()

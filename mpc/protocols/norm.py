@@ -8,6 +8,11 @@ vector (at the activation scale), added locally by the server.
 
 Rounds (defaults, n ≤ 1024): LayerNorm 1 (mean) + 1 (squares) + 13 (rsqrt) + 2 (x̂ =
 d·r) + 2 (γ) = 19; RMSNorm 18. Without γ, 2 fewer.
+
+Wide rows: Σd² is exact at scale 2f while n·norm_var_hi·2^(2f) < 2^62 (truncation's and
+the exponent search's bound: n < 716 at f = 16 and norm_var_hi = 1.5e6). Beyond it every
+square first drops t = ⌈log2(n·norm_var_hi)⌉ + 2f − 62 low bits (one round and 8 bytes
+per element more; the sum's error stays below n·2^(t − 2f), relative 2^(t−2f)/norm_var_lo).
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from mpc.protocols.nonlinear import ring_const, rsqrt
 from mpc.shares import SERVER, Shared
 
 
-def _normalise_rows(ctx: Context, d: Shared, sum_sq: Shared, eps: float, scale, bias, op: str) -> Shared:
+def _normalise_rows(ctx: Context, d: Shared, eps: float, scale, bias, op: str) -> Shared:
     nl = ctx.config.nonlinear
     n = d.shape[-1]
-    # Σd² + n·eps at scale 2f; rsqrt(Σd²/n + eps) = √n · rsqrt(Σd² + n·eps)
-    v = sum_sq.add_public(ring_const(n * eps, sum_sq.frac))
-    r = rsqrt(ctx, v, lo=n * nl.norm_var_lo, hi=n * nl.norm_var_hi, mult=math.sqrt(n), op=f"{op}/rsqrt")
+    lo, hi = n * nl.norm_var_lo, n * (nl.norm_var_hi + eps)
+    squares = L.square(ctx, d, op=f"{op}/square")  # exact, scale 2f
+    drop = max(0, math.ceil(math.log2(hi)) + squares.frac - 62)
+    if drop:  # wide rows: Σd² at scale 2f would pass 2^62 (module docstring)
+        squares = L.truncate(ctx, squares, drop, op=f"{op}/square/trunc")
+    # Σd² + n·eps; rsqrt(Σd²/n + eps) = √n · rsqrt(Σd² + n·eps)
+    v = squares.sum(axis=-1, keepdims=True).add_public(ring_const(n * eps, squares.frac))
+    r = rsqrt(ctx, v, lo=lo, hi=hi, mult=math.sqrt(n), op=f"{op}/rsqrt")
     y = L.truncate(ctx, L.mul(ctx, d, r, op=f"{op}/mul"), r.frac, op=f"{op}/mul/trunc")
     if scale is not None:
         y = L.truncate(ctx, L.mul_weight(ctx, y, scale, op=f"{op}/scale"), scale.frac, op=f"{op}/scale/trunc")
@@ -51,13 +61,10 @@ def layernorm(ctx: Context, x: Shared, scale: L.ServerWeight | None, bias=None, 
     k = x.frac + 16
     mu = L.truncate(ctx, x.sum(axis=-1, keepdims=True).mul_public(ring_const(1.0 / n, k), frac=x.frac + k), k,
                     op=f"{op}/mean")
-    d = x - mu
-    sum_sq = L.square(ctx, d, op=f"{op}/square").sum(axis=-1, keepdims=True)
-    return _normalise_rows(ctx, d, sum_sq, eps, scale, bias, op)
+    return _normalise_rows(ctx, x - mu, eps, scale, bias, op)
 
 
 def rmsnorm(ctx: Context, x: Shared, scale: L.ServerWeight | None, eps: float = 1e-6,
             op: str = "rmsnorm") -> Shared:
     """x/√(mean(x²) + eps)·γ over the last axis: `layernorm` without the mean (18 rounds)."""
-    sum_sq = L.square(ctx, x, op=f"{op}/square").sum(axis=-1, keepdims=True)
-    return _normalise_rows(ctx, x, sum_sq, eps, scale, None, op)
+    return _normalise_rows(ctx, x, eps, scale, None, op)

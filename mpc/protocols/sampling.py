@@ -82,6 +82,19 @@ def sample(ctx: Context, w: Shared, op: str = "sample") -> jax.Array:
     return open_index(ctx, sample_index(ctx, w, op=op), op=f"{op}/open")
 
 
+def min_temperature(nl, vocab: int) -> float:
+    """The lowest sampling temperature whose comparisons cannot wrap for rows with
+    max − min ≤ `nl.logit_spread`: x = logits/T must keep |x_i − x_j| inside
+    `vocab_max_compare`'s range, and x − m − slack above exp's clip comparison's range.
+    (SmolLM2-135M: spread ≈ 30·2 → T ≥ 0.13; greedy decoding is T = 0, exact argmax.)"""
+    cmp, ecmp = nl.vocab_max_compare, nl.exp_compare
+    step = 2.0 ** (cmp.resolution_log2 or 0)
+    slack = tree_levels(vocab, nl.vocab_max_group) * step
+    room = min(2.0**cmp.range_log2 - step,
+               2.0**ecmp.range_log2 - 2.0 ** (ecmp.resolution_log2 or 0) - nl.exp_clip - slack)
+    return nl.logit_spread / room * (1 + 2.0**-8)  # 1/T is encoded with a small relative error
+
+
 def vocab_weights(ctx: Context, logits: Shared, temperature: float = 1.0, op: str = "weights") -> Shared:
     """Unnormalised weights e = exp(x − m − s) ∝ softmax(x), x = logits / temperature, over
     the last (vocabulary) axis, at scale `exp_frac`.
@@ -92,8 +105,9 @@ def vocab_weights(ctx: Context, logits: Shared, temperature: float = 1.0, op: st
     Rounds: (T ≠ 1: 1) + levels·11 (`group_max` at 13 bits; 6 levels at V ≈ 50k) + exp 15.
     """
     nl = ctx.config.nonlinear
-    if temperature <= 0:
-        raise ValueError(f"vocab_weights: temperature must be > 0 (use argmax for greedy), got {temperature}")
+    if temperature < min_temperature(nl, logits.shape[-1]):
+        raise ValueError(f"vocab_weights: temperature {temperature:g} is below this model's lower bound "
+                         f"{min_temperature(nl, logits.shape[-1]):.3g} (use argmax for greedy)")
     x = logits if temperature == 1.0 else L.mul_const(ctx, logits, 1.0 / temperature, op=f"{op}/temperature")
     cmp, group = nl.vocab_max_compare, nl.vocab_max_group
     m, _ = tree_max(ctx, x, cmp, group, op=f"{op}/max")

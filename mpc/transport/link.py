@@ -27,6 +27,7 @@ from mpc.transport.errors import FrameError, PeerGone, PeerTimeout, TransportErr
 from mpc.transport.frames import DATA, GOODBYE, Frame, encode, read_message
 from mpc.transport.wire import CHUNK, Wire
 
+MAX_REASON_BYTES = 200  # a goodbye's reason: one short line
 FAST_PATH_BYTES = 64 << 10  # messages up to this size skip the sender thread when it is idle
 _COALESCE_BYTES = 64 << 10  # payloads up to this size are joined with their neighbours
 
@@ -279,7 +280,9 @@ class Link:
         s.bytes_payload_received += msg.payload_bytes
         s.bytes_wire_received = self._wire.bytes_received - s.bytes_handshake_received
         if msg.kind == GOODBYE:
-            self._recv_error = PeerGone(f"{self.peer_role} closed the session")
+            why = msg.arrays[0] if len(msg.arrays) == 1 and msg.arrays[0].dtype == np.uint8 else None
+            why = "" if why is None else bytes(why[:MAX_REASON_BYTES]).decode("utf-8", "replace").splitlines()
+            self._recv_error = PeerGone(f"{self.peer_role} closed the session" + (f": {why[0]}" if why else ""))
             raise self._recv_error
         if msg.kind != DATA:
             self._recv_error = FrameError(f"unexpected {msg.kind} frame from {self.peer_role} after the handshake")
@@ -294,13 +297,15 @@ class Link:
         if self._send_error is not None:
             raise self._send_error
 
-    def close(self) -> None:
-        """Say goodbye (the peer's next recv raises PeerGone), flush, and close the socket."""
+    def close(self, reason: str | None = None) -> None:
+        """Say goodbye (the peer's next recv raises PeerGone, quoting `reason`: one public
+        line, e.g. why a server drops a session), flush, and close the socket."""
         if self._closed:
             return
         try:
             if self._send_error is None:
-                self._await(self._post(GOODBYE, [], copy=False))
+                why = [np.frombuffer(reason.encode()[:MAX_REASON_BYTES], np.uint8)] if reason else []
+                self._await(self._post(GOODBYE, why, copy=False))
         except TransportError:
             pass  # the peer is gone or stalled: nothing left to flush
         self._closed = True

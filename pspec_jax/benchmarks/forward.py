@@ -40,10 +40,29 @@ def time_pass(session, T: int, context: int, repeats: int) -> tuple[float, list[
     return first, times, session.ledger.since(mark)
 
 
-def forward_rows(bundle, context: int = 64, tokens=TOKENS, repeats: int = 3) -> list[dict]:
+def fidelity_row(session, bundle, tokens: int = 8) -> dict:
+    """One secure pass over `tokens` prompt tokens from an empty cache, against the plain
+    forward in float32: the largest absolute logit error and top-1 agreement."""
+    import numpy as np
+
+    from pspec_jax.models import arch
+
+    ids = (np.arange(tokens, dtype=np.int32) * 7919) % bundle.config.vocab_size
+    ids[0] = 0  # the first token: massive activations in `shaped_model`s
+    want = np.asarray(arch.forward(bundle.config, bundle.params, jnp.asarray(ids)[None])[0])
+    session.rollback(0)
+    got = np.asarray(session.ctx.reveal(session.forward(ids)))
+    session.rollback(0)
+    return {"model": bundle.name, "T": tokens, "max_abs_logit_err": float(np.abs(got - want).max()),
+            "top1_agree": float((got.argmax(-1) == want.argmax(-1)).mean()),
+            "logit_spread": float(np.ptp(want, axis=-1).max())}
+
+
+def forward_rows(bundle, context: int = 64, tokens=TOKENS, repeats: int = 3, session=None) -> list[dict]:
     from pspec_jax.secure import SecureSession
 
-    session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens))
+    session = session or SecureSession(bundle.config, bundle.params, max_len=context + max(tokens),
+                                       tokenizer=bundle.tokenizer)
     rows = []
     for T in tokens:
         _, times, one = time_pass(session, T, context, repeats)
@@ -59,7 +78,7 @@ def forward_rows(bundle, context: int = 64, tokens=TOKENS, repeats: int = 3) -> 
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> Path:
+def plot(rows: list[dict], path: Path, model: str = "SmolLM2-135M") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +92,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("new tokens in the pass (T)")
     ax.set_ylabel("cost relative to T = 1")
-    ax.set_title("Secure pass cost vs tokens (SmolLM2-135M, context 64)")
+    ax.set_title(f"Secure pass cost vs tokens ({model}, context 64)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -83,9 +102,23 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def run_bench(args) -> dict:
-    from pspec_jax.models import load_default_private
+    from pspec_jax.models import load_default_private, load_model
+    from pspec_jax.models.bundle import shaped_model
+    from pspec_jax.secure import SecureSession
 
-    rows = forward_rows(load_default_private(), repeats=args.repeats if args.repeats < 5 else 3,
-                        tokens=(1, 2, 4) if args.quick else TOKENS)
-    png = plot(rows, Path(getattr(args, "out", None) or "out") / "forward_cost.png")
-    return {"forward": rows, "plot": [{"path": str(png)}]}
+    context = 64
+    tokens = (1, 2, 4) if args.quick else TOKENS
+    if getattr(args, "shape", None):
+        bundle = shaped_model(args.shape, max_seq_len=context + max(tokens))
+    elif getattr(args, "private", None):
+        bundle = load_model(args.private)
+    else:
+        bundle = load_default_private()
+    session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens), tokenizer=bundle.tokenizer)
+    fidelity = fidelity_row(session, bundle)
+    rows = forward_rows(bundle, context, tokens, repeats=args.repeats if args.repeats < 5 else 3, session=session)
+    png = plot(rows, Path(getattr(args, "out", None) or "out") / "forward_cost.png", bundle.name)
+    calibration = session.calibration() or {}
+    ranges = {**calibration.pop("measured", {}), **calibration}
+    return {"forward": rows, "fidelity": [fidelity], "ranges": [ranges],
+            "plot": [{"path": str(png)}]}

@@ -14,6 +14,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="skip the largest shapes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--out", default="out", help="folder for plots (default: out)")
+    forward = parser.add_argument_group("forward (one secure pass over T tokens)")
+    forward.add_argument("--private", metavar="PATH", default=None,
+                         help="the private model (HF folder or .gguf; default: SmolLM2-135M-Instruct)")
+    forward.add_argument("--shape", default=None,
+                         help="instead, random weights of a real shape: gpt2-small, smollm2-135m, d960, llama7b-layer")
     decode = parser.add_argument_group("decode (POST vs standard secure decoding)")
     decode.add_argument("--gammas", type=int, nargs="+", default=None, help="drafts per step (default 2 4 8 16)")
     decode.add_argument("--tokens", type=int, default=16, help="tokens per prompt and run (default 16)")
@@ -42,6 +47,13 @@ def _bench_mpc(args) -> dict:
 def run(args) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.private and args.shape:
+        raise UserError("give --private PATH or --shape NAME, not both")
+    if args.shape:
+        from pspec_jax.models.bundle import RANDOM_SHAPES
+
+        if args.shape not in RANDOM_SHAPES:
+            raise UserError(f"unknown --shape {args.shape!r}; choose from {', '.join(RANDOM_SHAPES)}")
     runners = {"mpc": _bench_mpc}
     for name, module in (("forward", "pspec_jax.benchmarks.forward"), ("decode", "pspec_jax.benchmarks.decode")):
         if importlib.util.find_spec(module) is not None:

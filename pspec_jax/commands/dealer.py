@@ -13,7 +13,7 @@ from pspec_jax.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="where parties connect")
-    add_party_arguments(parser)
+    add_party_arguments(parser, dealer_link=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from pspec_jax.runtime.dealer import run_dealer
 
     host, port = address(args.listen, "--listen")
-    tls, emulate = party_options(args, "dealer")
+    tls, emulate, _ = party_options(args, "dealer")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pspec").setLevel(logging.INFO)  # our one line per session; libraries stay quiet
     try:

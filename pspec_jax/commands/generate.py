@@ -30,8 +30,8 @@ from pspec_jax.errors import UserError
 MODES: dict[str, Any] = {
     "plain": "pspec_jax.commands.generate:run_plain",
     "spec": "pspec_jax.commands.generate:run_spec",
-    "secure": "pspec_jax.decode.secure:run_generate",
-    "post": "pspec_jax.decode.post:run_generate",
+    "secure": "pspec_jax.commands.secure_modes:run_secure",
+    "post": "pspec_jax.commands.secure_modes:run_post",
 }
 
 
@@ -242,7 +242,7 @@ def remote_runner(args: argparse.Namespace):
     import time
 
     from pspec_jax.commands.netopts import address, party_options
-    from pspec_jax.decode.secure import finish_cli
+    from pspec_jax.commands.secure_modes import finish_cli
     from pspec_jax.runtime.client import Client, PublicModel
 
     if args.mode not in ("secure", "post"):
@@ -250,8 +250,9 @@ def remote_runner(args: argparse.Namespace):
     if not (args.server and args.dealer):
         raise UserError("a real run needs both --server HOST:PORT and --dealer HOST:PORT")
     server, dealer = address(args.server, "--server"), address(args.dealer, "--dealer")
-    tls, emulate = party_options(args, "client")
-    client = Client(server, dealer, tls=args.tls, timeout_s=args.timeout, emulate=emulate)
+    tls, emulate, emulate_dealer = party_options(args, "client")
+    client = Client(server, dealer, tls=args.tls, timeout_s=args.timeout, emulate=emulate,
+                    emulate_dealer=emulate_dealer)
 
     def run_remote(req: GenerateRequest):
         # The client knows the private model's public shape and tokenizer, never a weight.
@@ -318,7 +319,7 @@ def check_mode_options(args: argparse.Namespace) -> None:
             raise UserError(f"--{opt} does not apply to --mode {args.mode} (only to {', '.join(users)})")
     check_gamma(args.gamma, post=args.mode == "post")
     if "network" in takes:
-        from pspec_jax.decode.secure import check_network
+        from pspec_jax.commands.secure_modes import check_network
 
         args.network = check_network(args.network or DEFAULT_NETWORK)
     if "privacy" in takes:

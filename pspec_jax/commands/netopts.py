@@ -15,18 +15,23 @@ def address(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def add_party_arguments(parser: argparse.ArgumentParser) -> None:
+def add_party_arguments(parser: argparse.ArgumentParser, dealer_link: bool = True) -> None:
     parser.add_argument("--tls", metavar="DIR", default=None,
                         help="certificates from `pspec keygen DIR` (mutual TLS 1.3); without it, "
                              "plaintext is allowed on loopback only")
     parser.add_argument("--emulate", default="none",
                         help="shape every message sent: lan, wan, dc, none, or custom:<Mbps>:<ms>")
+    if dealer_link:
+        parser.add_argument("--emulate-dealer", default=None, dest="emulate_dealer",
+                            help="shape the messages sent to the dealer instead (default: as --emulate); "
+                                 "e.g. none for a dealer next to this party")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds to wait for a peer's message before giving up (default 300)")
 
 
 def party_options(args: argparse.Namespace, role: str):
-    """(TlsConfig or None, NetworkEmulation or None), checked."""
+    """(TlsConfig or None, NetworkEmulation or None for the links to the peer party,
+    NetworkEmulation or None for the link to the dealer), checked."""
     from mpc.transport import NetworkEmulation, TlsConfig, TransportError
 
     if not args.timeout > 0:
@@ -42,7 +47,10 @@ def party_options(args: argparse.Namespace, role: str):
               file=sys.stderr, flush=True)
     try:
         tls = TlsConfig.from_dir(args.tls, role) if args.tls else None
-        emulate = None if args.emulate == "none" else NetworkEmulation.preset(args.emulate)
+        shape = lambda spec: None if spec == "none" else NetworkEmulation.preset(spec)  # noqa: E731
+        emulate = shape(args.emulate)
+        dealer_spec = getattr(args, "emulate_dealer", None)
+        emulate_dealer = emulate if dealer_spec is None else shape(dealer_spec)
     except (TransportError, ValueError, KeyError) as err:
         raise UserError(str(err).splitlines()[0] if str(err) else f"bad --emulate {args.emulate!r}") from None
-    return tls, emulate
+    return tls, emulate, emulate_dealer

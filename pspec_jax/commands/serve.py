@@ -31,17 +31,21 @@ def run(args: argparse.Namespace) -> int:
 
     host, port = address(args.listen, "--listen")
     dealer = address(args.dealer, "--dealer")
-    tls, emulate = party_options(args, "server")
+    tls, emulate, emulate_dealer = party_options(args, "server")
     if args.max_len < 1 or (args.sessions is not None and args.sessions < 1):
         raise UserError("--max-len and --sessions must be >= 1")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pspec").setLevel(logging.INFO)  # our one line per session; libraries stay quiet
     private = load_private(args)
+    from pspec_jax.secure.ranges import calibration_ids, measure
+
+    ranges = measure(private.config, private.params, calibration_ids(private.config, private.tokenizer))
     try:
         listener = listen(host, port, role="server", tls=tls)
     except (OSError, TransportError) as err:
         raise UserError(f"cannot listen on {args.listen}: {err}") from None
     print(f"pspec serve: listening on {listener.host}:{listener.port}", file=sys.stderr, flush=True)
-    run_server(listener, dealer, private.config, private.params, tls=tls, dealer_tls=tls, timeout_s=args.timeout,
-               max_len=min(args.max_len, private.config.max_seq_len), emulate=emulate, max_sessions=args.sessions)
+    run_server(listener, dealer, private.config, private.params, ranges, tls=tls, dealer_tls=tls, timeout_s=args.timeout,
+               max_len=min(args.max_len, private.config.max_seq_len), emulate=emulate, emulate_dealer=emulate_dealer,
+               max_sessions=args.sessions)
     return 0

@@ -38,7 +38,7 @@ from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, ch
                                      prefill, token_buffer)
 from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, client_key, sample, secret_uniform, step_key
-from pspec_jax.decode.secure import ledger_slice, check_secure_sampling, finish_cli
+from pspec_jax.decode.secure import check_secure_sampling, check_temperature, ledger_slice
 from pspec_jax.decode.spec import check_pair, draft_tokens
 from pspec_jax.errors import UserError
 
@@ -80,7 +80,6 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     total; forward vs verification) like `generate_secure`'s, plus γ and the privacy mode.
     """
     from pspec_jax.secure import SecureSession
-    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
 
     check_gamma(gamma, post=True)
     check_privacy(privacy)
@@ -99,9 +98,11 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     rows = len(prompt_ids) + max_new + gamma + 1  # a step may append γ+1 rows past the output
     if session is None:
         session = SecureSession(private.config, private.params, max_len=rows,
-                                mpc_config=mpc_config or DEFAULT_MPC_CONFIG, seed=dealer_seed)
+                                mpc_config=mpc_config, seed=dealer_seed,
+                                tokenizer=private.tokenizer)
     elif session.max_len < rows:
         raise UserError(f"the session's cache holds {session.max_len} tokens, the run needs {rows}")
+    check_temperature(session, sampling)
     key = client_key(seed)
     V = private.config.vocab_size
     session.rollback(0)
@@ -197,6 +198,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
                            prefill_seconds=prefill_compute, first_step_seconds=(t_first or t2) - t1,
                            first_step_tokens=first_tokens, stop_reason=stop, extra=extra)
     res.extra["_ledger"] = ledger  # removed by the CLI before printing
+    res.extra["_ranges"] = session.calibration()  # shown by --profile (removed by the CLI)
     return res
 
 
@@ -212,13 +214,3 @@ def check_privacy(privacy: str) -> str:
     if privacy not in PRIVACY_MODES:
         raise UserError(f"unknown privacy mode {privacy!r} (choose from {', '.join(PRIVACY_MODES)})")
     return privacy
-
-
-def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode post` (see pspec_jax.commands.generate, which has checked
-    --network and --privacy before loading the models)."""
-    args = req.args
-    res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
-                        req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
-    share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res.extra["verify_share"].items())
-    return finish_cli(res, args, (f"  verification share of the decode steps' modelled time: {share}",))

@@ -17,7 +17,7 @@ import numpy as np
 
 import mpc
 from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids
-from pspec_jax.decode.costs import CostReport, format_costs, profile
+from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling
 from pspec_jax.errors import UserError
 
@@ -26,6 +26,20 @@ def check_secure_sampling(sampling: Sampling) -> None:
     """Top-k / top-p would need a secure sort of the vocabulary: not offered."""
     if sampling.top_k or sampling.top_p < 1.0:
         raise UserError("secure modes support temperature sampling and greedy only (no --top-k/--top-p)")
+
+
+def check_temperature(session, sampling: Sampling) -> None:
+    """A sampled run's temperature must not go below the private model's bound (its
+    calibrated logit spread over the comparisons' ranges, `sampling.min_temperature`)."""
+    from mpc.protocols.sampling import min_temperature
+
+    if sampling.greedy:
+        return
+    bound = min_temperature(session.ctx.config.nonlinear, session.config.vocab_size)
+    if sampling.temperature < bound:
+        raise UserError(f"--temperature {sampling.temperature:g} is below this model's lower bound {bound:.3g} "
+                        "(its logits spread too wide for the secure sampler); use a higher temperature "
+                        "or --temperature 0 (greedy)")
 
 
 def secure_next_token(session, logits, sampling: Sampling, op: str = "next_token") -> int:
@@ -54,13 +68,14 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
     if len(prompt_ids) + 1 > ctx_len:
         raise UserError(f"the prompt has {len(prompt_ids)} tokens; it does not fit the context of {ctx_len}")
     max_new = min(max_new_tokens, ctx_len - len(prompt_ids))
-    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
 
     if session is None:
         session = SecureSession(private.config, private.params, max_len=len(prompt_ids) + max_new,
-                                mpc_config=mpc_config or DEFAULT_MPC_CONFIG, seed=dealer_seed)
+                                mpc_config=mpc_config, seed=dealer_seed,
+                                tokenizer=private.tokenizer)
     elif session.max_len < len(prompt_ids) + max_new:
         raise UserError(f"the session's cache holds {session.max_len} tokens, the run needs {len(prompt_ids) + max_new}")
+    check_temperature(session, sampling)
     session.rollback(0)
     ledger = session.ledger
     setup_mark = ledger.snapshot()
@@ -75,10 +90,13 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
         on_tokens([token])
     stop = "eos" if token == eos_id else ("length" if max_new == max_new_tokens else "context")
     t1 = time.perf_counter()
+    first_step_s = 0.0
     while len(out) < max_new and stop != "eos":
         with ledger.scope("decode"):
             logits = session.forward([token], logits_last_only=True)
             token = secure_next_token(session, logits, sampling)
+        if len(out) == 1:  # the first decode step compiles the one-token pass
+            first_step_s = time.perf_counter() - t1
         out.append(token)
         if on_tokens:
             on_tokens([token])
@@ -94,8 +112,11 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
         "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
     }
     res = GenerationResult(mode="secure", tokens=out, steps=len(out), accepted_per_step=[], alpha_per_step=[],
-                           seconds=decode_compute, prefill_seconds=prefill_compute, stop_reason=stop, extra=extra)
+                           seconds=decode_compute, prefill_seconds=prefill_compute, first_step_seconds=first_step_s,
+                           first_step_tokens=min(2, len(out)),  # the prefill's token and the first step's
+                           stop_reason=stop, extra=extra)
     res.extra["_ledger"] = ledger  # removed by the CLI before printing
+    res.extra["_ranges"] = session.calibration()  # shown by --profile (removed by the CLI)
     return res
 
 
@@ -103,43 +124,3 @@ def ledger_slice(ledger: mpc.Ledger, start: int, end: int) -> mpc.Ledger:
     sub = mpc.Ledger()
     sub.entries = ledger.entries[start:end]
     return sub
-
-
-def report_text(res: GenerationResult) -> str:
-    return format_costs({k: v for k, v in res.extra.items() if k in (
-        "secure_passes", "compute_s", "bytes_per_party", "rounds", "modeled_s", "per_token")}, f"[{res.mode}] costs")
-
-
-def check_network(name: str) -> str:
-    """The one check of a network preset name (lan, wan, dc); returns it. The CLI calls it
-    before loading any model."""
-    try:
-        mpc.network(name)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    return name
-
-
-def finish_cli(res: GenerationResult, args, lines: tuple[str, ...] = ()) -> GenerationResult:
-    """The secure modes' CLI epilogue: drop the ledger from the result, add the network and
-    (`--profile`) the per-op profile, and print the cost table plus `lines` unless --json."""
-    ledger = res.extra.pop("_ledger")
-    res.extra["network"] = args.network
-    if args.profile:
-        res.extra["profile"] = profile(ledger)
-    if not args.json:
-        print("\n" + report_text(res))
-        for line in lines:
-            print(line)
-        if args.profile:
-            for k, v in list(res.extra["profile"]["by_op"].items())[:15]:
-                print(f"  {k:32s} {v['bytes_per_party']:>14,} B  {v['rounds']:>6} rounds")
-    return res
-
-
-def run_generate(req) -> GenerationResult:
-    """`pspec generate --mode secure` (see pspec_jax.commands.generate, which has checked
-    --network before loading the model)."""
-    res = generate_secure(req.private, req.prompt_ids, req.max_new_tokens, req.sampling,
-                          req.eos_id, req.on_tokens)
-    return finish_cli(res, req.args)

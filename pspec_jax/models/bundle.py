@@ -90,3 +90,48 @@ def tiny_model(family: str = "llama", seed: int = 0, randomize: bool = True,
     if randomize:
         params = arch.randomize_norms(params, jax.random.fold_in(key, 1))
     return ModelBundle(cfg, params, None, f"tiny-{family}-{seed}")
+
+
+# Real models' shapes, for benchmarks and range tests with random weights (no download).
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "gpt2-small": dict(family="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
+                       max_seq_len=1024),
+    "smollm2-135m": dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                         head_dim=64, d_ff=1536, max_seq_len=8192, rope_theta=100000.0),
+    "d960": dict(family="llama", vocab_size=49152, d_model=960, n_layers=2, n_heads=15, n_kv_heads=5,
+                 head_dim=64, d_ff=2560, max_seq_len=8192, rope_theta=100000.0),  # SmolLM2-360M's width
+    "llama7b-layer": dict(family="llama", vocab_size=512, d_model=4096, n_layers=1, n_heads=32, n_kv_heads=32,
+                          head_dim=128, d_ff=11008, max_seq_len=4096),  # one LLaMA-7B block, a small vocabulary
+}
+MASSIVE_ACTIVATION = 1.5e4  # SmolLM2-135M's first-token residual reaches 2.2e4 in a few dimensions
+
+
+def shaped_model(name: str, seed: int = 7, max_seq_len: int | None = None) -> ModelBundle:
+    """A random-weight model of a real shape (`RANDOM_SHAPES`) at realistic scales: init
+    std 0.02; a head of std 0.2 (tied to the embedding for GPT-2) so logits spread over
+    tens of units; and massive activations, `MASSIVE_ACTIVATION` in two residual
+    dimensions on the first token as real LLMs have (GPT-2: position 0's embedding;
+    LLaMA shapes, which have no position table: token 0's embedding, with an untied head,
+    and token 0 opens the calibration sequences, `pspec_jax.secure.ranges.calibration_ids`)."""
+    if name not in RANDOM_SHAPES:
+        raise UserError(f"unknown model shape {name!r}; choose from {', '.join(RANDOM_SHAPES)}")
+    kw = dict(RANDOM_SHAPES[name])
+    if max_seq_len is not None:
+        kw["max_seq_len"] = max_seq_len
+    family = kw.pop("family")
+    if family == "llama":
+        kw.update(tie_embeddings=False, bos_token_id=0)
+    cfg = tiny_config(family, **kw)
+    key = jax.random.PRNGKey(seed)
+    params = arch.init_params(cfg, key, std=0.02)
+    if family == "gpt2":
+        embed = np.array(params["embed"]) * 10.0
+        pos = np.array(params["pos_embed"])
+        pos[0, :2] = MASSIVE_ACTIVATION
+        return ModelBundle(cfg, {**params, "embed": jnp.asarray(embed), "pos_embed": jnp.asarray(pos)}, None,
+                           f"random-{name}")
+    embed = np.array(params["embed"])
+    embed[0, :2] = MASSIVE_ACTIVATION
+    head = np.array(params["lm_head"]["w"]) * 10.0
+    return ModelBundle(cfg, {**params, "embed": jnp.asarray(embed), "lm_head": {**params["lm_head"], "w": jnp.asarray(head)}},
+                       None, f"random-{name}")

@@ -141,6 +141,10 @@ class PlainOps:
         z = jnp.zeros((batch, max_len, n_kv_heads, head_dim), F32)
         return {"k": z, "v": z}
 
+    def attention_weights(self, scores, mask):
+        """softmax over the last axis of the scaled scores where `mask` (public) holds."""
+        return jax.nn.softmax(jnp.where(mask, scores, F32(-jnp.inf)), axis=-1)
+
     def attention(self, q, k_new, v_new, layer_cache, start):
         B, T, H, D = q.shape
         K = k_new.shape[2]
@@ -155,8 +159,7 @@ class PlainOps:
         rows = jnp.arange(S, dtype=jnp.int32)  # (S,)
         qpos = start + jnp.arange(T, dtype=jnp.int32)  # (T,)
         mask = rows[None, :] <= qpos[:, None]  # (T, S)
-        s = jnp.where(mask, s, F32(-jnp.inf))
-        w = jax.nn.softmax(s, axis=-1)
+        w = self.attention_weights(s, mask)
         out = jnp.einsum("bkgts,bskd->btkgd", w, v, preferred_element_type=F32)
         return {"k": k, "v": v}, out.reshape(B, T, H, D)
 

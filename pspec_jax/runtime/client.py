@@ -44,20 +44,23 @@ class Client:
     """A client of a pspec server and dealer."""
 
     def __init__(self, server: tuple[str, int], dealer: tuple[str, int], *, tls: str | None = None,
-                 timeout_s: float = 300.0, emulate=None) -> None:
-        self.server, self.dealer, self.timeout_s, self.emulate = server, dealer, timeout_s, emulate
+                 timeout_s: float = 300.0, emulate=None, emulate_dealer=None) -> None:
+        """`emulate`: the shaping of messages to the server; `emulate_dealer`: to the
+        dealer (`mpc.transport.NetworkEmulation`, None = as they come)."""
+        self.server, self.dealer, self.timeout_s = server, dealer, timeout_s
+        self.emulate, self.emulate_dealer = emulate, emulate_dealer
         self.tls = TlsConfig.from_dir(tls, "client") if tls else None
         self.stats: dict[str, Any] = {}
 
     def _open(self, private: PublicModel, max_len: int) -> RemoteSession:
         sid = os.urandom(16)
         common = dict(role="client", tls=self.tls, session_id=sid, version=PROTOCOL_VERSION,
-                      timeout_s=self.timeout_s, emulate=self.emulate)
+                      timeout_s=self.timeout_s)
         link = Watched(connect(*self.server, peer_role="server", fingerprint=model_fingerprint(private.config),
-                               **common))
+                               emulate=self.emulate, **common))
         try:
             dealer_link = Watched(connect(*self.dealer, peer_role="dealer", fingerprint=DEALER_FINGERPRINT,
-                                          **common))
+                                          emulate=self.emulate_dealer, **common))
         except TransportError:
             link.close()
             raise

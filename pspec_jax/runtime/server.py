@@ -18,10 +18,11 @@ from pspec_jax.runtime.session import (DEALER_FINGERPRINT, PROTOCOL_VERSION, Wat
 log = logging.getLogger("pspec.server")
 
 
-def run_server(listener, dealer: tuple[str, int], config, params: Any, *, tls, dealer_tls, timeout_s: float,
-               max_len: int, emulate=None, max_sessions: int | None = None) -> int:
-    """Serve sessions until `max_sessions` have ended (or forever). Returns how many
-    ended cleanly."""
+def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *, tls, dealer_tls, timeout_s: float,
+               max_len: int, emulate=None, emulate_dealer=None, max_sessions: int | None = None) -> int:
+    """Serve sessions until `max_sessions` have ended (or forever). `ranges`: the model's
+    calibration (`pspec_jax.secure.ranges.measure`), sent to every client. Returns how
+    many sessions ended cleanly."""
     fp = model_fingerprint(config)
     served = ok = 0
     log.info("server listening on %s:%d (%s); model %s", listener.host, listener.port,
@@ -36,23 +37,26 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, *, tls, d
             log.warning("refused a client: %s", str(err).splitlines()[0])
             continue
         link.set_timeout(timeout_s)
-        sid, t0, dealer_link = link.session_id.hex()[:8], time.perf_counter(), None
+        sid, t0, dealer_link, why = link.session_id.hex()[:8], time.perf_counter(), None, None
         served += 1
         client = Watched(link)
         try:
             dealer_link = Watched(connect(*dealer, role="server", peer_role="dealer", tls=dealer_tls,
                                           session_id=link.session_id, version=PROTOCOL_VERSION,
-                                          fingerprint=DEALER_FINGERPRINT, timeout_s=timeout_s, emulate=emulate))
-            counts = serve_session(client, dealer_link, config, params, max_len)
+                                          fingerprint=DEALER_FINGERPRINT, timeout_s=timeout_s,
+                                          emulate=emulate_dealer))
+            counts = serve_session(client, dealer_link, config, params, ranges, max_len)
             ok += 1
             log.info("session %s: done, %d secure passes, cache length %d, %.1f s, %d bytes sent to the client",
                      sid, counts["passes"], counts["length"], time.perf_counter() - t0, link.stats.bytes_wire_sent)
         except Exception as err:  # noqa: BLE001 - one line per failed session, keep serving
             reason = failure_of(err, client, dealer_link)
-            log.warning("session %s: dropped after %.1f s: %s", sid, time.perf_counter() - t0,
-                        str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__)
+            line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+            log.warning("session %s: dropped after %.1f s: %s", sid, time.perf_counter() - t0, line)
+            if dealer_link is not None and dealer_link.failure is not None:
+                why = f"its link to the dealer failed ({line})"  # a transport error: public
         finally:
-            link.close()
+            link.close(reason=why)
             if dealer_link is not None:
                 dealer_link.close()
     return ok

@@ -9,6 +9,8 @@ command rides ahead of the program's first message: it costs bytes, not a round.
 
 Messages on the client–server link after the transport's handshake:
   client → server: [session (max_len,) int64, k_01 (16 bytes)]
+  server → client: [the model's calibrated ranges (6,) float64] (both derive the session's
+                   MPC config from them, `pspec_jax.secure.ranges.session_config`)
   server → client: the weights' masked values F = W − B (set-up, once per session)
   then per program: client → server [command int64], and the program's own messages.
 Each party also holds a link to the dealer, which first sends it its dealer key and then
@@ -37,7 +39,7 @@ from mpc.transport import TransportError
 from pspec_jax.errors import UserError
 from pspec_jax.models.config import ModelConfig
 from pspec_jax.secure import SecureSession
-from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+from pspec_jax.secure.ranges import ModelRanges, session_config
 
 PROTOCOL_VERSION = "pspec/1"
 DEALER_FINGERPRINT = "dealer"  # the dealer is model-agnostic
@@ -91,17 +93,22 @@ class RemoteSession(SecureSession):
     """The client's side of a session with a server: `SecureSession`'s interface, every
     call first telling the server which program to run."""
 
-    def __init__(self, config: ModelConfig, link, dealer_link, max_len: int,
-                 mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG) -> None:
+    def __init__(self, config: ModelConfig, link, dealer_link, max_len: int) -> None:
         self.link, self.dealer_link = link, dealer_link
         k01 = os.urandom(KEY_BYTES)
         link.send([np.asarray([max_len], np.int64), np.frombuffer(k01, np.uint8)])
-        # Payload bytes of control messages (session request, commands): not the protocol's,
-        # so not in the ledger; 8 + 16 once, 8 per command word.
+        (ranges,) = link.recv()
+        try:
+            ranges = ModelRanges.from_array(ranges)
+        except ValueError:
+            raise TransportError("the server sent malformed model ranges") from None
+        # Payload bytes of the client's control messages (session request, commands): not
+        # the protocol's, so not in the ledger; 8 + 16 once, 8 per command word.
         self.control_bytes = 8 + KEY_BYTES
         keys = {CLIENT: dealer_key(dealer_link), "pairwise": k01, ("own", CLIENT): os.urandom(KEY_BYTES)}
-        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), mpc_config)
+        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), session_config(ranges))
         super().__init__(config, zero_params(config), max_len=max_len, ctx=ctx)
+        self.ranges = ranges
 
     def _command(self, *words) -> None:
         self.link.send([np.asarray(words, np.int64)])
@@ -133,19 +140,21 @@ class RemoteSession(SecureSession):
         self.dealer_link.close()
 
 
-def serve_session(link, dealer_link, config: ModelConfig, params: Any, max_len_limit: int,
-                  mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG) -> dict:
-    """The server's side of one session: set-up, then run the client's commands until it
-    closes. Returns public counts for the server's log (passes, cache length)."""
+def serve_session(link, dealer_link, config: ModelConfig, params: Any, ranges: ModelRanges,
+                  max_len_limit: int) -> dict:
+    """The server's side of one session: set-up (the model's `ranges` to the client),
+    then run the client's commands until it closes. Returns public counts for the
+    server's log (passes, cache length)."""
     first = link.recv()
     if len(first) != 2 or first[0].dtype != np.int64 or first[0].shape != (1,) or first[1].size != KEY_BYTES:
         raise TransportError("the client's session request is malformed")
     max_len = int(first[0][0])
     if not 1 <= max_len <= max_len_limit:
         raise TransportError(f"the client asks for a cache of {max_len} rows; this server allows 1..{max_len_limit}")
+    link.send([ranges.to_array()])
     keys = {SERVER: dealer_key(dealer_link), "pairwise": bytes(first[1].astype(np.uint8)),
             ("own", SERVER): os.urandom(KEY_BYTES)}
-    ctx = mpc.party_context(SERVER, link, keys, dealer_fetch(dealer_link), mpc_config)
+    ctx = mpc.party_context(SERVER, link, keys, dealer_fetch(dealer_link), session_config(ranges))
     sess = SecureSession(config, params, max_len=max_len, ctx=ctx)
     V = config.vocab_size
     logits = None

@@ -61,13 +61,22 @@ class SecureSession:
     """The private model, its weights prepared for 2PC, and the shared KV cache."""
 
     def __init__(self, config: ModelConfig, params: Any, max_len: int | None = None,
-                 mpc_config: mpc.MPCConfig = DEFAULT_MPC_CONFIG, seed: bytes | None = None,
-                 ctx: mpc.Context | None = None) -> None:
+                 mpc_config: mpc.MPCConfig | None = None, seed: bytes | None = None,
+                 ctx: mpc.Context | None = None, tokenizer: Any = None) -> None:
         """`params`: the private weights (the server; zeros of their shapes at a client
         process, which never holds them). `ctx`: a party process's context
-        (`mpc.party_context`); by default a simulated session keyed from `seed`."""
+        (`mpc.party_context`); by default a simulated session keyed from `seed`, whose
+        config (`mpc_config`) is by default calibrated on `params`
+        (`pspec_jax.secure.ranges`, with `tokenizer`'s calibration text)."""
+        from pspec_jax.secure.ranges import calibrated_config
+
         self.config = config
-        self.ctx = ctx if ctx is not None else mpc.Context(mpc_config, seed=seed)
+        self.ranges = None  # the calibration, when this session made it
+        if ctx is None:
+            if mpc_config is None:
+                mpc_config, self.ranges = calibrated_config(config, params, tokenizer)
+            ctx = mpc.Context(mpc_config, seed=seed)
+        self.ctx = ctx
         self.ops = SecureOps(self.ctx)
         t0 = time.perf_counter()
         # The server folds each block's norm scale into the linear layers after it (its own
@@ -90,6 +99,13 @@ class SecureSession:
             return ops.linear(x, arch.head_weight(config, params))
 
         self._embed, self._block, self._head = mpc.secure_jit(embed), mpc.secure_jit(block), mpc.secure_jit(head)
+
+    def calibration(self) -> dict | None:
+        """The model's measured ranges and the widths derived from them (None when the
+        session was given its config)."""
+        from pspec_jax.secure.ranges import describe
+
+        return None if self.ranges is None else describe(self.ranges, self.ctx.config)
 
     @property
     def length(self) -> int:
