@@ -123,7 +123,7 @@ def evaluate(bundle, prompts, n_tokens: int, seed: bytes | None = None, log=prin
     encoded = [(kind, prompt_ids(tok, text, chat)) for kind, text, chat in prompts]
     max_len = max(len(ids) for _, ids in encoded) + n_tokens
     plain = plain_logits_fn(bundle, pad_to=max_len)
-    session = SecureSession(bundle.config, bundle.params, max_len=max_len, seed=seed)
+    session = SecureSession(bundle.config, bundle.params, max_len=max_len, seed=seed, tokenizer=tok)
     rows = []
     for kind, ids in encoded:
         t0 = time.perf_counter()

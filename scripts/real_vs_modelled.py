@@ -15,7 +15,7 @@ steps sent (the ledger; the party processes' socket bytes equal it, tests/test_r
 The dealer sits next to both parties (its links are not shaped: `--emulate-dealer none`):
 the dealer is online (one correction request per dealer-assisted operation), see README.
 
-    .venv/bin/python scripts/real_vs_modelled.py [--emulate none lan wan] [--out FILE]
+    .venv/bin/python scripts/real_vs_modelled.py [--emulate none lan wan] [--configs ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def steady(out: dict) -> dict:
             "wall_s": out["wall_s"]}
 
 
-def run_emulation(emulate: str, configs: list[str], keys: str, logs: str) -> dict:
+def run_emulation(emulate: str, configs: list[str], keys: str, logs: str, private: list[str],
+                  public: list[str], prompt: str = PROMPT) -> dict:
     dport, sport = free_port(), free_port()
     common = ["--tls", keys, "--timeout", "1800"]
     dlog, slog = os.path.join(logs, f"dealer-{emulate}.log"), os.path.join(logs, f"server-{emulate}.log")
@@ -77,7 +78,7 @@ def run_emulation(emulate: str, configs: list[str], keys: str, logs: str) -> dic
                               stdout=open(dlog, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     server = subprocess.Popen(PSPEC + ["serve", "--listen", f"127.0.0.1:{sport}", "--dealer", f"127.0.0.1:{dport}",
                                        "--emulate", emulate, "--emulate-dealer", "none",
-                                       "--sessions", str(len(configs)), *common],
+                                       "--sessions", str(len(configs)), *private, *common],
                               stdout=open(slog, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     results = {}
     try:
@@ -85,9 +86,10 @@ def run_emulation(emulate: str, configs: list[str], keys: str, logs: str) -> dic
         wait_listening(server, slog)
         for name in configs:
             t0 = time.time()
-            r = subprocess.run(PSPEC + ["generate", PROMPT, *CONFIGS[name], "--temperature", "0", "--ignore-eos",
+            r = subprocess.run(PSPEC + ["generate", prompt, *CONFIGS[name], "--temperature", "0", "--ignore-eos",
                                         "--server", f"127.0.0.1:{sport}", "--dealer", f"127.0.0.1:{dport}",
-                                        "--emulate", emulate, "--emulate-dealer", "none", "--json", *common],
+                                        "--emulate", emulate, "--emulate-dealer", "none", "--json", *private,
+                                        *(public if name.startswith("post") else []), *common],
                                capture_output=True, text=True, timeout=7200)
             if r.returncode != 0:
                 raise SystemExit(f"{name} over {emulate} failed: {r.stderr[-2000:]}")
@@ -124,7 +126,12 @@ def main() -> int:
     ap.add_argument("--emulate", nargs="+", default=["none", "lan", "wan"])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default="out/real_vs_modelled.json")
+    ap.add_argument("--private", default=None, help="the private model (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--public", default=None, help="the drafter (default: the distilled one)")
+    ap.add_argument("--prompt", default=PROMPT)
     args = ap.parse_args()
+    private = ["--private", args.private] if args.private else []
+    public = ["--public", args.public] if args.public else []
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         keys = os.path.join(tmp, "keys")
@@ -132,7 +139,7 @@ def main() -> int:
         logs = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(logs, exist_ok=True)
         for emulate in args.emulate:
-            runs[emulate] = run_emulation(emulate, args.configs, keys, logs)
+            runs[emulate] = run_emulation(emulate, args.configs, keys, logs, private, public, args.prompt)
             json.dump({"runs": runs, "table": table(runs)}, open(args.out, "w"), indent=1)
     from pspec_jax.benchmarks.table import format_table
 

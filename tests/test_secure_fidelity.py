@@ -132,7 +132,8 @@ def test_secure_forward_fidelity_teacher_forced_on_smollm2(smollm2):
         cont = generate_plain(private, ids, L - len(ids), Sampling(0.0)).tokens
         assert len(cont) == L - len(ids)
         seqs.append((kind, ids, ids + cont))
-    session = SecureSession(private.config, private.params, max_len=L, seed=b"fidelity-test")
+    session = SecureSession(private.config, private.params, max_len=L, seed=b"fidelity-test",
+                            tokenizer=private.tokenizer)
     equal = total = 0
     worst_err = 0.0
     report, per_prompt = [], []

@@ -74,7 +74,7 @@ class GenerationResult:
              "tokens_per_step": num(self.tokens_per_step),
              "tokens_per_second": num(self.tokens_per_second),
              "seconds": round(self.seconds, 4), "prefill_seconds": round(self.prefill_seconds, 4),
-             "first_step_seconds": round(self.first_step_seconds, 4),
+             "first_step_seconds": round(self.first_step_seconds, 4), "first_step_tokens": self.first_step_tokens,
              "stop_reason": self.stop_reason}
         d.update(self.extra)
         return d
