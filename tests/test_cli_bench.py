@@ -108,3 +108,17 @@ def test_bench_forward_options_before_the_model(capsys, no_model, argv, msg):
         rc = e.code
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and msg in err, err
+
+
+@pytest.mark.slow  # compiles three pass widths: minutes on 2 cores
+def test_bench_forward_on_a_model_folder(capsys, tiny_folder, tmp_path):
+    """`pspec bench forward --private PATH --quick`: the cost rows, the fidelity row
+    (max_abs_logit_err against the plain model) and the calibrated ranges."""
+    rc = main(["bench", "forward", "--private", str(tiny_folder()), "--quick", "--repeats", "1", "--json",
+               "--out", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [r["T"] for r in out["forward"]] == [1, 2, 4]
+    (fid,) = out["fidelity"]
+    assert fid["max_abs_logit_err"] < 0.1 and fid["top1_agree"] >= 0.75
+    assert out["ranges"][0]["logit_spread"] > 0

@@ -111,6 +111,9 @@ class RemoteSession(SecureSession):
         self.ranges = ranges
 
     def _command(self, *words) -> None:
+        # JAX runs programs asynchronously: the previous program's host callbacks may still
+        # be sending on this link. The command must follow all of its messages.
+        jax.effects_barrier()
         self.link.send([np.asarray(words, np.int64)])
         self.control_bytes += 8 * len(words)
 
@@ -160,8 +163,13 @@ def serve_session(link, dealer_link, config: ModelConfig, params: Any, ranges: M
     logits = None
     passes = 0
     while True:
-        (cmd,) = link.recv()
-        cmd = [int(c) for c in np.asarray(cmd, np.int64).reshape(-1)]
+        # The previous program may still be running asynchronously, its host callbacks
+        # receiving on this link: the next command comes only after all of them.
+        jax.effects_barrier()
+        msg = link.recv()
+        if len(msg) != 1 or msg[0].dtype != np.int64:
+            raise TransportError("the client's command is malformed (a protocol message out of step?)")
+        cmd = [int(c) for c in msg[0].reshape(-1)]
         if not cmd:
             raise TransportError("empty command")
         op, args = cmd[0], cmd[1:]
