@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
 import mpc
 from pspec_jax.decode.common import GenerationResult, OnTokens, check_ids
 from pspec_jax.decode.costs import CostReport
