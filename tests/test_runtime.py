@@ -304,6 +304,16 @@ def test_fault_stalled_server(net):
     assert error_line(r) == "pspec: error: no message from server within 5 s"
 
 
+def exit_line(c, timeout: float) -> str:
+    """Waits for client process `c` to exit with code 2; returns its one error line."""
+    try:
+        rc = c.p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the client did not exit: {c.text()[-2000:]}") from None
+    assert rc == 2, c.text()[-3000:]
+    return error_line(c.text())
+
+
 def test_fault_server_killed_mid_run(net):
     """The server dies during a session: the client exits 2 well within its --timeout
     of seeing the loss, with one line naming the server."""
@@ -316,12 +326,7 @@ def test_fault_server_killed_mid_run(net):
     time.sleep(1.0)
     server.kill()
     t0 = time.time()
-    try:
-        rc = c.p.wait(120)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the client did not exit: {c.text()[-2000:]}") from None
-    assert rc == 2, c.text()[-3000:]
-    line = error_line(c.text())
+    line = exit_line(c, 120)
     assert re.fullmatch(r"pspec: error: (server went away without closing the session"
                         r"|connection to server lost: .+)", line), line
     assert time.time() - t0 < 20 + 60  # the loss is seen at once; at worst after one compilation
@@ -339,12 +344,7 @@ def test_fault_dealer_killed_mid_session(net):
     wait_until(lambda: established(net.dport) >= 2 or c.p.poll() is not None, 120, "the session to start")
     time.sleep(1.0)
     net.dealer.kill()
-    try:
-        rc = c.p.wait(180)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the client did not exit: {c.text()[-2000:]}") from None
-    assert rc == 2, c.text()[-3000:]
-    line = error_line(c.text())
+    line = exit_line(c, 180)
     # when the client is receiving, the server's goodbye names the dealer; a client caught
     # sending sees only the broken link to the server
     assert re.fullmatch(r"pspec: error: (server closed the session: its link to the dealer failed \(.+\)"

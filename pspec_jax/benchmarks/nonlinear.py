@@ -15,9 +15,7 @@ Run: `pspec bench mpc` (all MPC tables) or `python -m pspec_jax.benchmarks.nonli
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -28,16 +26,7 @@ from mpc.protocols import nonlinear as NL
 from mpc.protocols.norm import layernorm, rmsnorm
 from mpc.protocols.softmax import softmax
 from mpc.protocols import sampling as S
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up: compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from pspec_jax.benchmarks.mpc import median_seconds
 
 
 def _gelu(x):
@@ -110,7 +99,7 @@ def nonlinear_rows(repeats: int = 5) -> list[dict]:
         else:
             jf = mpc.secure_jit(fn)
             call = lambda jf=jf, ctx=ctx, xs=xs: jf(ctx, xs)  # noqa: E731
-        seconds = _median_seconds(call, repeats)
+        seconds = median_seconds(call, repeats)
         mark = ctx.ledger.snapshot()
         out = call()
         one = ctx.ledger.since(mark)
@@ -127,7 +116,7 @@ def nonlinear_rows(repeats: int = 5) -> list[dict]:
     xs = ctx.share(logits)
     enc = np.asarray(ctx.config.fixed.encode(logits)).astype(np.int64)
     jf = mpc.secure_jit(lambda c, a: S.open_index(c, S.argmax(c, a)))
-    seconds = _median_seconds(lambda: jf(ctx, xs), repeats)
+    seconds = median_seconds(lambda: jf(ctx, xs), repeats)
     mark = ctx.ledger.snapshot()
     got = np.asarray(jf(ctx, xs))
     rows.append(_row("argmax (opened to client)", "1x49152", seconds, ctx.ledger.since(mark),
@@ -138,7 +127,7 @@ def nonlinear_rows(repeats: int = 5) -> list[dict]:
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     ps = ctx.share(p)
     jf = mpc.secure_jit(S.sample)
-    seconds = _median_seconds(lambda: jf(ctx, ps), repeats)
+    seconds = median_seconds(lambda: jf(ctx, ps), repeats)
     mark = ctx.ledger.snapshot()
     jf(ctx, ps)
     one = ctx.ledger.since(mark)
