@@ -35,6 +35,9 @@ def finish_cli(res: GenerationResult, args, lines: tuple[str, ...] = ()) -> Gene
         res.extra["profile"] = profile(ledger)
         if ranges is not None:
             res.extra["profile"]["ranges"] = ranges
+    if "verify_share" in res.extra:  # post mode, simulated or real
+        share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res.extra["verify_share"].items())
+        lines = (f"  verification share of the decode steps' modelled time: {share}", *lines)
     if not args.json:
         print("\n" + report_text(res))
         for line in lines:
@@ -61,5 +64,4 @@ def run_post(req) -> GenerationResult:
     args = req.args
     res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
                         req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
-    share = ", ".join(f"{k} {100 * v:.1f}%" for k, v in res.extra["verify_share"].items())
-    return finish_cli(res, args, (f"  verification share of the decode steps' modelled time: {share}",))
+    return finish_cli(res, args)
