@@ -15,12 +15,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,torch]'
 	@touch $(STAMP)
 
-# The quick suite (well under 15 minutes on 2 cores); CI also runs the slow cases.
+# The quick suite (well under 15 minutes on 2 cores); CI also runs the slow cases. Two
+# workers: XLA compiles on one core, and compiling is most of a test's time here (groups:
+# tests/conftest.py). JOBS=0 runs in this process (e.g. to debug).
+JOBS ?= 2
+XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadgroup)
+
 test: setup
-	$(PY) -m pytest -m "not slow and not heavy"
+	$(PY) -m pytest $(XDIST) -m "not slow and not heavy"
 
 test-slow: setup
-	$(PY) -m pytest -m "slow and not heavy"
+	$(PY) -m pytest $(XDIST) -m "slow and not heavy"
 
 # The longest cases (e.g. the 8-prompt x 32-token fidelity check on SmolLM2): by hand.
 test-heavy: setup

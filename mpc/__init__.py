@@ -19,11 +19,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from mpc.context import Context, MPCConfig, party_context, secure_jit  # noqa: E402
+from mpc.context import Context, MPCConfig, party_context, restart_party_context, secure_jit  # noqa: E402
 from mpc.fixed import FixedPoint  # noqa: E402
 from mpc.ledger import NETWORKS, Ledger, NetworkModel, network  # noqa: E402
 from mpc.ring import ring_matmul  # noqa: E402
 from mpc.shares import CLIENT, SERVER, Shared, XorShared  # noqa: E402
 
 __all__ = ["CLIENT", "SERVER", "Context", "FixedPoint", "Ledger", "MPCConfig", "NETWORKS",
-           "NetworkModel", "Shared", "XorShared", "network", "party_context", "ring_matmul", "secure_jit"]
+           "NetworkModel", "Shared", "XorShared", "network", "party_context", "restart_party_context", "ring_matmul",
+           "secure_jit"]

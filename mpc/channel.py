@@ -154,6 +154,11 @@ class PartyChannel(SimChannel):
         self.link, self.me = link, me
         self.parties = (me,)
 
+    def rebind(self, link, ledger: Ledger) -> None:
+        """The next session's link and ledger (see `mpc.Context.restart`). Compiled
+        programs reach the link through this object when they run, so they stay valid."""
+        self.link, self.ledger = link, ledger
+
     def _host(self, fn, likes, *args):
         if not likes:  # a send: an ordered effect with a token result
             def effect(*a):

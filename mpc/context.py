@@ -91,6 +91,23 @@ class Context:
         return decode(ring, x.frac) if x.frac else ring.astype(np.int64)
 
 
+def restart_party_context(ctx: Context, link, keys: dict, fetch: Callable) -> None:
+    """Start party context `ctx`'s next session on the programs it has compiled: the new
+    session's link, keys and dealer `fetch` (as for `party_context`), a fresh ledger.
+
+    A compiled program reads the link, the keys and the dealer's request counter through
+    the context's channel and dealer objects when it runs (never at trace time), so the
+    programs stay valid and a server compiles each shape once, not once per session. The
+    previous session's programs must have finished: this waits for their host effects.
+    """
+    if not isinstance(ctx.dealer, PartyDealer):
+        raise TypeError("only a party process's context restarts (a simulation makes a new one)")
+    jax.effects_barrier()
+    ctx.ledger = Ledger()
+    ctx.channel.rebind(link, ctx.ledger)
+    ctx.dealer.restart(keys, fetch)
+
+
 def party_context(party: int, link, keys: dict, fetch: Callable, config: MPCConfig = MPCConfig(),
                   ledger: Ledger | None = None) -> Context:
     """Party `party`'s side of a session: its end of the client–server `link`, its own

@@ -554,6 +554,12 @@ class PartyDealer(Dealer):
         self._fetch = fetch
         super().__init__(channel, keys=keys)
 
+    def restart(self, keys: dict, fetch: Callable) -> None:
+        """The next session's keys and dealer link (see `mpc.Context.restart`); request
+        numbers start again at 0, as the dealer's do for a new session."""
+        self.keys, self._fetch, self._next = keys, fetch, 0
+        self.channel.dealer("keys", KEY_BYTES, KEY_BYTES)
+
     def _host_fetch(self, counts, key_of, req, handles):
         flat = self._host_words(counts, key_of)
         if req is None or KINDS[req.kind].correct is None or KINDS[req.kind].to != self.parties[0]:
@@ -599,14 +605,17 @@ class CorrectionMaker:
     masks are rebuilt from their row descriptors on every request.
     """
 
-    def __init__(self, keys: dict, compiled: bool = True) -> None:
+    def __init__(self, keys: dict, compiled: bool = True, programs: dict | None = None) -> None:
         """`compiled=False`: run each correction eagerly — for a maker called from inside
         another compiled program's host callback (in-process tests), where compiling and
-        running a nested program can deadlock on the one CPU device."""
+        running a nested program can deadlock on the one CPU device. `programs`: compiled
+        corrections by request signature, shared by the sessions of a dealer process (they
+        depend on the request's public description only), so a session compiles only the
+        signatures no earlier one used."""
         self.keys = {CLIENT: keys[CLIENT], SERVER: keys[SERVER]}
         self.compiled = compiled
         self._weight_masks: dict[tuple, np.ndarray] = {}
-        self._programs: dict[Request, Callable] = {}
+        self._programs: dict[Request, Callable] = {} if programs is None else programs
 
     def _words(self, party: int, nonce: int, n: int) -> np.ndarray:
         return request_words(self.keys[party], nonce, n)

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -124,6 +125,68 @@ def test_three_processes_greedy_secure_and_post_equal_plain(parties):
     # the server's and the dealer's logs never hold the prompt or the output
     for log in (server.text(), dealer.text()):
         assert PROMPT not in log and "theme" not in log
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_twenty_sessions_compile_once_and_memory_stays_bounded(parties):
+    """20 client sessions with prompts of 20 different lengths against one server: every
+    session's greedy token equals plain decoding, later sessions reuse the programs the
+    first ones compiled (prefills padded to a few widths, `pass_width`) on both sides,
+    and the server's resident memory after 20 sessions is at most 1.5x that after the
+    first."""
+    from pspec_jax.decode import generate_plain
+    from pspec_jax.decode.sampling import Sampling
+    from pspec_jax.models import load_model
+    from pspec_jax.runtime.client import Client, PublicModel
+
+    start, model, _ = parties
+    _, server, dport, sport = start()
+    bundle = load_model(str(model))
+    public = PublicModel(bundle.config, bundle.tokenizer)
+    client_ = Client(("127.0.0.1", sport), ("127.0.0.1", dport), timeout_s=60)
+    greedy = Sampling(temperature=0.0)
+    rss, seconds = [], []
+    for k in range(20):
+        ids = bundle.tokenizer.encode(PROMPT + " a" * (8 + k))  # 17 .. 36 tokens
+        t0 = time.perf_counter()
+        res = client_.generate(public, ids, mode="secure", max_new_tokens=1, sampling=greedy)
+        seconds.append(time.perf_counter() - t0)
+        assert res.tokens == generate_plain(bundle, ids, 1, greedy).tokens, k
+        server.wait_for(rf"(session \w+: done.*\n.*){{{k + 1}}}", timeout=60)
+        rss.append(rss_bytes(server.p.pid))
+    assert len({len(bundle.tokenizer.encode(PROMPT + " a" * (8 + k))) for k in range(20)}) == 20
+    assert rss[-1] <= 1.5 * rss[0], [r >> 20 for r in rss]
+    # A warm session compiles nothing: far faster than the first (which compiled both sides).
+    assert statistics.median(seconds[5:]) < 0.5 * seconds[0], seconds
+
+
+@pytest.mark.slow
+def test_three_processes_seeded_sampling_equals_simulation(parties, tiny_folder):
+    """A sampled POST run with an explicit seed (`--privacy paper`: every random draw is the
+    client's — the drafts, the thresholds r_i and the draw from the opened row p_n) gives
+    the simulation's tokens through three processes, although the dealer's keys differ.
+    (`--privacy strict` samples inside 2PC from both parties' own keys: no client seed
+    reproduces it, in the simulation or in a real run.)"""
+    start, model, _ = parties
+    _, _, dport, sport = start()
+    public = tiny_folder("public", seed=4, vocab_size=264)  # another model: drafts get rejected
+    args = ["--mode", "post", "--privacy", "paper", "--temperature", "1", "--seed", "11", "--gamma", "3",
+            "--max-new-tokens", "8", "--ignore-eos", "--public", str(public)]
+    sim = subprocess.run(PSPEC + ["generate", PROMPT, "--private", str(model), "--json", *args],
+                         capture_output=True, text=True, timeout=600, env=_env())
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    real = client(model, sport, dport, *args)
+    assert real.returncode == 0, real.stderr[-3000:]
+    sim, real = json.loads(sim.stdout), json.loads(real.stdout)
+    assert real["tokens"] == sim["tokens"] and real["accepted_per_step"] == sim["accepted_per_step"]
+    assert 0 < sum(sim["accepted_per_step"]) < 3 * len(sim["accepted_per_step"])  # rejections happened
 
 
 # ---------------------------------------------------------------------------------------

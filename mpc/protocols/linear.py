@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpc.context import Context
+from mpc.context import Context, secure_jit
 from mpc.dealer import PRODUCTS
 from mpc.fixed import FixedPoint
 from mpc.ring import DTYPE, msb, ring_matmul, ring_matmul_small, small_operand
@@ -135,13 +135,24 @@ def setup_weight(ctx: Context, w, frac: int | None = None, op: str = "weight") -
     frac = ctx.config.frac_bits if frac is None else frac
     shape = tuple(np.shape(w))
     server = SERVER in ctx.parties
-    w_ring = None
-    if server:
+    w_ring = small = None
+    if server:  # the session-independent part, on the values: range checks, the fast form
         w_ring = FixedPoint(frac).encode(w) if not (hasattr(w, "dtype") and w.dtype == DTYPE) else jnp.asarray(w)
+        small = small_operand(w_ring) if len(shape) == 2 else None
+    mask, handle, f = _open_weight(ctx, w_ring if server else jnp.zeros(shape, DTYPE), shape=shape, op=op)
+    return ServerWeight(w_ring, f if CLIENT in ctx.parties else None, mask, small, handle, frac, shape)
+
+
+def _open_weight_program(ctx: Context, w_ring, *, shape: tuple[int, ...], op: str):
+    """The session's part of `setup_weight`, compiled (once per shape in a context): a
+    long-lived party process runs it every session, and run eagerly each host callback
+    would compile anew and stay cached (~40 MB per session on a 2-layer model)."""
     mask, handle = ctx.dealer.weight_mask(shape)
     f = ctx.channel.send(op, SERVER, lambda: w_ring - mask, jax.ShapeDtypeStruct(shape, DTYPE), kind="setup")
-    small = small_operand(w_ring) if server and len(shape) == 2 else None
-    return ServerWeight(w_ring, f if CLIENT in ctx.parties else None, mask, small, handle, frac, shape)
+    return mask, handle, f
+
+
+_open_weight = secure_jit(_open_weight_program)
 
 
 def weight_products(ctx: Context, x: Shared, sws: list[ServerWeight], product: str, op: str,

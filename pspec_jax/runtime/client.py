@@ -17,7 +17,7 @@ from pspec_jax.decode.sampling import Sampling
 from pspec_jax.errors import UserError
 from pspec_jax.models.config import ModelConfig
 from pspec_jax.runtime.session import (DEALER_FINGERPRINT, PROTOCOL_VERSION, RemoteSession, Watched,
-                                       failure_of, model_fingerprint)
+                                       client_setup, failure_of, model_fingerprint)
 
 
 def cache_bucket(rows: int, limit: int) -> int:
@@ -41,7 +41,9 @@ class PublicModel:
 
 
 class Client:
-    """A client of a pspec server and dealer."""
+    """A client of a pspec server and dealer. Successive `generate` calls with the same
+    private model reuse the programs the first one compiled (a new session each: new
+    links, keys and masks)."""
 
     def __init__(self, server: tuple[str, int], dealer: tuple[str, int], *, tls: str | None = None,
                  timeout_s: float = 300.0, emulate=None, emulate_dealer=None) -> None:
@@ -51,6 +53,7 @@ class Client:
         self.emulate, self.emulate_dealer = emulate, emulate_dealer
         self.tls = TlsConfig.from_dir(tls, "client") if tls else None
         self.stats: dict[str, Any] = {}
+        self._session: RemoteSession | None = None  # the last session, for its programs
 
     def _open(self, private: PublicModel, max_len: int) -> RemoteSession:
         sid = os.urandom(16)
@@ -65,8 +68,15 @@ class Client:
             link.close()
             raise
         try:  # the session's set-up already talks to both peers (weights, dealer key)
-            return RemoteSession(private.config, link, dealer_link, max_len)
+            setup = client_setup(link, dealer_link, max_len)
+            last = self._session
+            if last is not None and last.config == private.config and last.ranges == setup[0]:
+                last.restart(link, dealer_link, max_len, setup)
+                return last
+            self._session = RemoteSession(private.config, link, dealer_link, max_len, setup)
+            return self._session
         except Exception as err:  # noqa: BLE001 - report the link's own failure, not XLA's wrapper
+            self._session = None
             reason = failure_of(err, link, dealer_link)
             link.close()
             dealer_link.close()
@@ -104,8 +114,10 @@ class Client:
                           "control_bytes": session.control_bytes}
             return res
         except UserError:
+            self._session = None  # its programs may have stopped mid-way: the next session compiles anew
             raise
         except Exception as err:  # noqa: BLE001 - a lost peer or dealer, as one line
+            self._session = None
             reason = failure_of(err, *(() if session is None else (session.link, session.dealer_link)))
             if isinstance(reason, TransportError):
                 raise UserError(str(reason).strip().splitlines()[0]) from None

@@ -27,10 +27,12 @@ log = logging.getLogger("pspec.dealer")
 
 
 class DealerService:
-    """Sessions by id: their keys and correction maker, kept while a party is connected."""
+    """Sessions by id: their keys and correction maker, kept while a party is connected
+    (the compiled correction programs outlive them)."""
 
     def __init__(self) -> None:
         self._sessions: dict[bytes, dict] = {}
+        self._programs: dict = {}  # compiled corrections, shared by all sessions
         self._lock = threading.Lock()
 
     def join(self, session_id: bytes) -> dict:
@@ -38,7 +40,7 @@ class DealerService:
             s = self._sessions.get(session_id)
             if s is None:
                 keys = {CLIENT: os.urandom(KEY_BYTES), SERVER: os.urandom(KEY_BYTES)}
-                s = self._sessions[session_id] = {"keys": keys, "maker": CorrectionMaker(keys), "links": 0,
+                s = self._sessions[session_id] = {"keys": keys, "maker": CorrectionMaker(keys, programs=self._programs), "links": 0,
                                                   "requests": 0}
             s["links"] += 1
             return s

@@ -1,6 +1,7 @@
 """The server process: holds the private model and serves client sessions one after
 another. Per session it joins the dealer with the client's session id, prepares its
-weights under fresh masks, and runs the client's commands (`runtime.session`). A client
+weights under fresh masks, and runs the client's commands (`runtime.session`) on the
+programs earlier sessions compiled (`ModelServer`). A client
 that fails or leaves ends only its own session. The log has one line per session —
 counts and reasons, never a prompt, a token or a value.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from mpc.transport import PeerTimeout, TransportError, connect
 from pspec_jax.runtime.session import (DEALER_FINGERPRINT, PROTOCOL_VERSION, Watched, failure_of,
-                                       model_fingerprint, serve_session)
+                                       ModelServer, model_fingerprint)
 
 log = logging.getLogger("pspec.server")
 
@@ -24,6 +25,7 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *
     calibration (`pspec_jax.secure.ranges.measure`), sent to every client. Returns how
     many sessions ended cleanly."""
     fp = model_fingerprint(config)
+    model = ModelServer(config, params, ranges, max_len)
     served = ok = 0
     log.info("server listening on %s:%d (%s); model %s", listener.host, listener.port,
              "TLS" if tls else "plaintext", fp)
@@ -45,7 +47,7 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *
                                           session_id=link.session_id, version=PROTOCOL_VERSION,
                                           fingerprint=DEALER_FINGERPRINT, timeout_s=timeout_s,
                                           emulate=emulate_dealer))
-            counts = serve_session(client, dealer_link, config, params, ranges, max_len)
+            counts = model.serve(client, dealer_link)
             ok += 1
             log.info("session %s: done, %d secure passes, cache length %d, %.1f s, %d bytes sent to the client",
                      sid, counts["passes"], counts["length"], time.perf_counter() - t0, link.stats.bytes_wire_sent)

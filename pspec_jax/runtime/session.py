@@ -89,26 +89,47 @@ def zero_params(config: ModelConfig) -> Any:
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes)
 
 
+def client_setup(link, dealer_link, max_len: int) -> tuple[ModelRanges, dict]:
+    """The client's session set-up: asks the server for a cache of `max_len` rows with a
+    fresh pairwise key, receives the model's ranges; returns them and the client's keys."""
+    k01 = os.urandom(KEY_BYTES)
+    link.send([np.asarray([max_len], np.int64), np.frombuffer(k01, np.uint8)])
+    (ranges,) = link.recv()
+    try:
+        ranges = ModelRanges.from_array(ranges)
+    except ValueError:
+        raise TransportError("the server sent malformed model ranges") from None
+    keys = {CLIENT: dealer_key(dealer_link), "pairwise": k01, ("own", CLIENT): os.urandom(KEY_BYTES)}
+    return ranges, keys
+
+
 class RemoteSession(SecureSession):
     """The client's side of a session with a server: `SecureSession`'s interface, every
-    call first telling the server which program to run."""
+    call first telling the server which program to run. `restart` runs the next session
+    (new links, keys and masks) on the programs this one compiled."""
 
-    def __init__(self, config: ModelConfig, link, dealer_link, max_len: int) -> None:
+    def __init__(self, config: ModelConfig, link, dealer_link, max_len: int,
+                 setup: tuple[ModelRanges, dict] | None = None) -> None:
+        """`setup`: the result of `client_setup` on these links (made here when None)."""
+        ranges, keys = setup if setup is not None else client_setup(link, dealer_link, max_len)
         self.link, self.dealer_link = link, dealer_link
-        k01 = os.urandom(KEY_BYTES)
-        link.send([np.asarray([max_len], np.int64), np.frombuffer(k01, np.uint8)])
-        (ranges,) = link.recv()
-        try:
-            ranges = ModelRanges.from_array(ranges)
-        except ValueError:
-            raise TransportError("the server sent malformed model ranges") from None
         # Payload bytes of the client's control messages (session request, commands): not
         # the protocol's, so not in the ledger; 8 + 16 once, 8 per command word.
         self.control_bytes = 8 + KEY_BYTES
-        keys = {CLIENT: dealer_key(dealer_link), "pairwise": k01, ("own", CLIENT): os.urandom(KEY_BYTES)}
+        self._zeros = zero_params(config)
         ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), session_config(ranges))
-        super().__init__(config, zero_params(config), max_len=max_len, ctx=ctx)
+        super().__init__(config, self._zeros, max_len=max_len, ctx=ctx, pad_widths=True)
         self.ranges = ranges
+
+    def restart(self, link, dealer_link, max_len: int, setup: tuple[ModelRanges, dict]) -> None:
+        """The next session, with `setup` from `client_setup` on its links (the same
+        model ranges as this one's: the same config, the same programs)."""
+        ranges, keys = setup
+        if ranges != self.ranges:
+            raise ValueError("a session restarts only with the same model ranges")
+        self.link, self.dealer_link, self.control_bytes = link, dealer_link, 8 + KEY_BYTES
+        mpc.restart_party_context(self.ctx, link, keys, dealer_fetch(dealer_link))
+        super().restart(self._zeros, max_len)
 
     def _command(self, *words) -> None:
         # JAX runs programs asynchronously: the previous program's host callbacks may still
@@ -143,23 +164,52 @@ class RemoteSession(SecureSession):
         self.dealer_link.close()
 
 
-def serve_session(link, dealer_link, config: ModelConfig, params: Any, ranges: ModelRanges,
-                  max_len_limit: int) -> dict:
-    """The server's side of one session: set-up (the model's `ranges` to the client),
-    then run the client's commands until it closes. Returns public counts for the
-    server's log (passes, cache length)."""
-    first = link.recv()
-    if len(first) != 2 or first[0].dtype != np.int64 or first[0].shape != (1,) or first[1].size != KEY_BYTES:
-        raise TransportError("the client's session request is malformed")
-    max_len = int(first[0][0])
-    if not 1 <= max_len <= max_len_limit:
-        raise TransportError(f"the client asks for a cache of {max_len} rows; this server allows 1..{max_len_limit}")
-    link.send([ranges.to_array()])
-    keys = {SERVER: dealer_key(dealer_link), "pairwise": bytes(first[1].astype(np.uint8)),
-            ("own", SERVER): os.urandom(KEY_BYTES)}
-    ctx = mpc.party_context(SERVER, link, keys, dealer_fetch(dealer_link), session_config(ranges))
-    sess = SecureSession(config, params, max_len=max_len, ctx=ctx)
-    V = config.vocab_size
+class ModelServer:
+    """The server's private model across client sessions. All sessions run on one
+    `SecureSession` whose party context restarts with each session's links and keys
+    (`mpc.restart_party_context`): a session compiles only the pass widths no earlier
+    one ran, and with cache rows and prefill widths bucketed the set of programs — and
+    the server's memory — stays bounded however many sessions it serves."""
+
+    def __init__(self, config: ModelConfig, params: Any, ranges: ModelRanges, max_len_limit: int) -> None:
+        self.config, self.params, self.ranges, self.max_len_limit = config, params, ranges, max_len_limit
+        self._session: SecureSession | None = None
+
+    def serve(self, link, dealer_link) -> dict:
+        """One session: set-up (the model's ranges to the client), then the client's
+        commands until it closes. Returns public counts for the log (passes, cache
+        length). After a failed session the next one starts on fresh programs (the
+        failed one's may have stopped inside a host callback)."""
+        try:
+            return self._serve(link, dealer_link)
+        except BaseException:
+            self._session = None
+            raise
+
+    def _serve(self, link, dealer_link) -> dict:
+        first = link.recv()
+        if len(first) != 2 or first[0].dtype != np.int64 or first[0].shape != (1,) or first[1].size != KEY_BYTES:
+            raise TransportError("the client's session request is malformed")
+        max_len = int(first[0][0])
+        if not 1 <= max_len <= self.max_len_limit:
+            raise TransportError(f"the client asks for a cache of {max_len} rows; this server allows "
+                                 f"1..{self.max_len_limit}")
+        link.send([self.ranges.to_array()])
+        keys = {SERVER: dealer_key(dealer_link), "pairwise": bytes(first[1].astype(np.uint8)),
+                ("own", SERVER): os.urandom(KEY_BYTES)}
+        fetch = dealer_fetch(dealer_link)
+        sess = self._session
+        if sess is None:
+            ctx = mpc.party_context(SERVER, link, keys, fetch, session_config(self.ranges))
+            sess = SecureSession(self.config, self.params, max_len=max_len, ctx=ctx, pad_widths=True)
+        else:
+            mpc.restart_party_context(sess.ctx, link, keys, fetch)
+            sess.restart(self.params, max_len)
+        self._session = sess
+        return _run_commands(sess, link, self.config.vocab_size, max_len)
+
+
+def _run_commands(sess: SecureSession, link, V: int, max_len: int) -> dict:
     logits = None
     passes = 0
     while True:

@@ -36,6 +36,14 @@ from pspec_jax.secure.ops import SecureOps, prepare_params
 DEFAULT_MPC_CONFIG = mpc.MPCConfig(nonlinear=NonlinearConfig(norm_var_hi=1.5e6))
 
 
+def pass_width(T: int, room: int) -> int:
+    """The width a party process runs a pass over T tokens at (`pad_widths`): up to 16
+    tokens as they are (decoding steps: T = 1 or γ + 1), longer passes (prefills) rounded
+    up to a power of two, at most the cache's `room` — so a server compiles a few widths,
+    not one per prompt length."""
+    return T if T <= 16 else min(1 << (T - 1).bit_length(), room)
+
+
 def _verify_program(ctx, logits, drafts, thresholds, q_rows, *, temperature: float, privacy: str):
     from mpc.protocols.rejection import greedy_verify, speculative_verify
 
@@ -62,12 +70,14 @@ class SecureSession:
 
     def __init__(self, config: ModelConfig, params: Any, max_len: int | None = None,
                  mpc_config: mpc.MPCConfig | None = None, seed: bytes | None = None,
-                 ctx: mpc.Context | None = None, tokenizer: Any = None) -> None:
+                 ctx: mpc.Context | None = None, tokenizer: Any = None, pad_widths: bool = False) -> None:
         """`params`: the private weights (the server; zeros of their shapes at a client
         process, which never holds them). `ctx`: a party process's context
         (`mpc.party_context`); by default a simulated session keyed from `seed`, whose
         config (`mpc_config`) is by default calibrated on `params`
-        (`pspec_jax.secure.ranges`, with `tokenizer`'s calibration text)."""
+        (`pspec_jax.secure.ranges`, with `tokenizer`'s calibration text). `pad_widths`:
+        passes longer than 16 tokens (prefills) run at a bucketed width (`pass_width`), so
+        a long-lived process compiles a bounded set of programs whatever the prompts."""
         from pspec_jax.secure.ranges import calibrated_config
 
         self.config = config
@@ -78,14 +88,8 @@ class SecureSession:
             ctx = mpc.Context(mpc_config, seed=seed)
         self.ctx = ctx
         self.ops = SecureOps(self.ctx)
-        t0 = time.perf_counter()
-        # The server folds each block's norm scale into the linear layers after it (its own
-        # weights, exact in float): 4 rounds per block fewer, one truncation less.
-        self.params = prepare_params(self.ctx, arch.fold_norm_scales(config, params))
-        self.setup_s = time.perf_counter() - t0
-        self.max_len = config.max_seq_len if max_len is None else int(max_len)
-        self.cache: KVCache = init_cache(config, 1, self.max_len, self.ops)
-        self.compute_s = 0.0  # wall-clock seconds spent in secure forwards
+        self.pad_widths = pad_widths
+        self._begin(params, max_len)
         ops = self.ops
 
         def embed(ctx, params, token_ids, positions):
@@ -99,6 +103,22 @@ class SecureSession:
             return ops.linear(x, arch.head_weight(config, params))
 
         self._embed, self._block, self._head = mpc.secure_jit(embed), mpc.secure_jit(block), mpc.secure_jit(head)
+
+    def _begin(self, params: Any, max_len: int | None) -> None:
+        t0 = time.perf_counter()
+        # The server folds each block's norm scale into the linear layers after it (its own
+        # weights, exact in float): 4 rounds per block fewer, one truncation less.
+        self.params = prepare_params(self.ctx, arch.fold_norm_scales(self.config, params))
+        self.setup_s = time.perf_counter() - t0
+        self.max_len = self.config.max_seq_len if max_len is None else int(max_len)
+        self.cache: KVCache = init_cache(self.config, 1, self.max_len, self.ops)
+        self.compute_s = 0.0  # wall-clock seconds spent in secure forwards
+
+    def restart(self, params: Any, max_len: int | None = None) -> None:
+        """The next session on this one's compiled programs, once its party context has
+        restarted (`mpc.restart_party_context`): the weights prepared under the new
+        session's masks, an empty cache of `max_len` rows."""
+        self._begin(params, max_len)
 
     def calibration(self) -> dict | None:
         """The model's measured ranges and the widths derived from them (None when the
@@ -125,7 +145,11 @@ class SecureSession:
         if start + T > self.max_len:
             raise ValueError(f"secure pass would exceed the cache: {start} + {T} > {self.max_len}")
         t0 = time.perf_counter()
-        positions = start + jnp.arange(T, dtype=jnp.int32)
+        # Trailing padding changes no real row (attention is causal); its cache rows lie
+        # past the new length, where the next pass overwrites them.
+        W = pass_width(T, self.max_len - start) if self.pad_widths else T
+        ids = jnp.pad(ids, ((0, 0), (0, W - T)))
+        positions = start + jnp.arange(W, dtype=jnp.int32)
         rope = (arch.rope_tables(positions, self.config.head_dim, self.config.rope_theta)
                 if self.config.family == "llama" else None)
         embed_params = {k: v for k, v in self.params.items() if k in ("embed", "pos_embed")}
@@ -138,8 +162,7 @@ class SecureSession:
             layers.append(lc)
         logits = None
         if with_logits:
-            if logits_last_only:
-                x = x[:, T - 1:]
+            x = x[:, T - 1:T] if logits_last_only else x[:, :T]
             head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
             with self.ledger.scope("head"):
                 logits = self._head(self.ctx, head_params, x)
