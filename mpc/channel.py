@@ -114,12 +114,22 @@ class SimChannel:
 # --- one party's end of a real link ------------------------------------------------------------
 def pack_words(words: np.ndarray, bits: int) -> np.ndarray:
     """The low `bits` bits of each uint64 word, bit-packed: ⌈n·bits/8⌉ bytes (what the
-    ledger counts for an opening of `bits`-bit words)."""
+    ledger counts for an opening of `bits`-bit words). Layout, for bits = 8q + r: each
+    word's low q bytes (little-endian, word after word), then the next r bits of every
+    word, packed little-endian — byte copies for the bulk, bit work only for r < 8 bits
+    per word (bit by bit, the host's packing cost more than a pass's compute)."""
     words = np.ascontiguousarray(words, np.uint64).reshape(-1)
     if bits >= 64:
         return words.view(np.uint8)
-    shifts = np.arange(bits, dtype=np.uint64)
-    return np.packbits(((words[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1))
+    q, r = divmod(bits, 8)
+    as_bytes = words.view(np.uint8).reshape(-1, 8)
+    aligned = np.ascontiguousarray(as_bytes[:, :q]).reshape(-1)
+    if not r:
+        return aligned
+    top = as_bytes[:, q]
+    rest = (top & 1 if r == 1 else
+            np.unpackbits(top[:, None], axis=1, bitorder="little")[:, :r].reshape(-1))
+    return np.concatenate([aligned, np.packbits(rest, bitorder="little")])
 
 
 def unpack_words(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
@@ -127,8 +137,13 @@ def unpack_words(packed: np.ndarray, n: int, bits: int) -> np.ndarray:
     packed = np.asarray(packed, np.uint8).reshape(-1)
     if bits >= 64:
         return packed.view(np.uint64)[:n].copy()
-    flat = np.unpackbits(packed)[:n * bits].reshape(n, bits).astype(np.uint64)
-    return (flat << np.arange(bits, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    q, r = divmod(bits, 8)
+    out = np.zeros((n, 8), np.uint8)
+    out[:, :q] = packed[:n * q].reshape(n, q)
+    if r:
+        rest = np.unpackbits(packed[n * q:], count=n * r, bitorder="little").reshape(n, r)
+        out[:, q] = np.packbits(rest, axis=1, bitorder="little")[:, 0]
+    return out.view(np.uint64).reshape(n)
 
 
 def _to_words(x: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ The dealer sits next to both parties (its links are not shaped: `--emulate-deale
 the dealer is online (one correction request per dealer-assisted operation), see README.
 
     .venv/bin/python scripts/real_vs_modelled.py [--emulate none lan wan] [--configs ...] [--out FILE]
+        [--base EARLIER_OUT]   # e.g. `--emulate wan --base out/none_lan.json` adds wan later
 """
 
 from __future__ import annotations
@@ -129,10 +130,12 @@ def main() -> int:
     ap.add_argument("--private", default=None, help="the private model (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--public", default=None, help="the drafter (default: the distilled one)")
     ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--base", default=None,
+                    help="an earlier --out file whose runs (e.g. `none`) join this one's table")
     args = ap.parse_args()
     private = ["--private", args.private] if args.private else []
     public = ["--public", args.public] if args.public else []
-    runs = {}
+    runs = json.load(open(args.base))["runs"] if args.base else {}
     with tempfile.TemporaryDirectory() as tmp:
         keys = os.path.join(tmp, "keys")
         subprocess.run(PSPEC + ["keygen", keys], check=True, capture_output=True)

@@ -15,10 +15,13 @@ os.environ.setdefault("PSPEC_NO_JIT_CACHE", "1")
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Groups for `pytest -n 2 --dist loadgroup` (`make test`): a file's tests run in one
-    worker, where they share compiled programs; every test on the real SmolLM2 model runs
+    worker, where they share compiled programs (unless the file sets XDIST_SPREAD: then
+    each test goes where a worker is free); every test on the real SmolLM2 model runs
     in one worker, one after another (each holds several GB: two side by side have run
     this 24 GB machine out of memory)."""
     for item in items:
+        if getattr(item.module, "XDIST_SPREAD", False):
+            continue  # its tests run party processes of their own: nothing to share in-process
         if item.get_closest_marker("xdist_group") is None:
             group = "smollm2" if item.get_closest_marker("model") else item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))

@@ -197,6 +197,21 @@ def test_bool_is_bit_packed_and_framing_formula():
         assert server.stats.bytes_payload_received == s.bytes_payload_sent
 
 
+@pytest.mark.parametrize("bits", range(1, 65))
+def test_words_pack_to_the_ledger_count_and_back(bits):
+    """An opening of n `bits`-bit words travels as exactly ceil(n * bits / 8) bytes (what
+    the ledger counts) and unpacks to the words' low bits."""
+    from mpc.channel import pack_words, unpack_words
+
+    rng = np.random.default_rng(bits)
+    low = np.uint64(2**64 - 1) if bits == 64 else np.uint64((1 << bits) - 1)
+    for n in (0, 1, 7, 8, 9, 1001):
+        words = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
+        packed = pack_words(words, bits)
+        assert packed.dtype == np.uint8 and packed.size == (n * bits + 7) // 8
+        np.testing.assert_array_equal(unpack_words(packed, n, bits), words & low)
+
+
 def test_tls_wire_bytes_are_measured(keys):
     with pair(keys) as (client, server):
         _both(lambda: client.exchange([np.zeros(1)]), lambda: server.exchange([np.zeros(1)]))  # in step
