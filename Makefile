@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The quick suite (well under 15 minutes on 2 cores); CI also runs the slow cases. Two
-# workers: XLA compiles on one core, and compiling is most of a test's time here (groups:
-# tests/conftest.py). JOBS=0 runs in this process (e.g. to debug).
+# workers: XLA compiles on one core, and compiling is most of a test's time here (which
+# tests share a worker: tests/conftest.py). JOBS=0 runs in this process (e.g. to debug).
 JOBS ?= 2
-XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadgroup)
+XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS))
 
 test: setup
 	$(PY) -m pytest $(XDIST) -m "not slow and not heavy"

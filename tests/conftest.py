@@ -12,19 +12,26 @@ import pspec_jax  # noqa: F401  (enables x64 before any jax use)
 os.environ.setdefault("PSPEC_NO_JIT_CACHE", "1")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Groups for `pytest -n 2 --dist loadgroup` (`make test`): a file's tests run in one
-    worker, where they share compiled programs (unless the file sets XDIST_SPREAD: then
-    each test goes where a worker is free); every test on the real SmolLM2 model runs
-    in one worker, one after another (each holds several GB: two side by side have run
-    this 24 GB machine out of memory)."""
-    for item in items:
-        if getattr(item.module, "XDIST_SPREAD", False):
-            continue  # its tests run party processes of their own: nothing to share in-process
-        if item.get_closest_marker("xdist_group") is None:
-            group = "smollm2" if item.get_closest_marker("model") else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
+# How `make test` spreads tests over its pytest-xdist workers (`-n 2`): a file's tests run
+# in one worker, where they share compiled programs; the files below share one worker
+# (each holds several GB of SmolLM2: two side by side have run this 24 GB machine out of
+# memory); a file in SPREAD runs its own party processes, so its tests go where a worker
+# is free. (xdist's own `--dist loadgroup` did not group here: pytest 9.2, xdist 3.8.)
+ONE_WORKER = frozenset(f"tests/test_{name}.py" for name in (
+    "post_smollm2", "secure_fidelity", "secure_smollm2", "wide_models", "models_smollm2", "spec_smollm2",
+    "distill_smollm2"))
+SPREAD = frozenset({"tests/test_runtime.py"})
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "smollm2" if path in ONE_WORKER else nodeid if path in SPREAD else path
+
+    return Scheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::mpc.transport.PlaintextWarning"
 
 PSPEC = [sys.executable, "-m", "pspec_jax.cli"]
 PROMPT = "the theme"
-XDIST_SPREAD = True  # every test runs its own processes: spread them over the workers
 
 
 def free_port() -> int:
