@@ -170,7 +170,7 @@ class PartyChannel(SimChannel):
         self.parties = (me,)
 
     def rebind(self, link, ledger: Ledger) -> None:
-        """The next session's link and ledger (see `mpc.Context.restart`). Compiled
+        """The next session's link and ledger (see `mpc.restart_party_context`). Compiled
         programs reach the link through this object when they run, so they stay valid."""
         self.link, self.ledger = link, ledger
 

@@ -555,7 +555,7 @@ class PartyDealer(Dealer):
         super().__init__(channel, keys=keys)
 
     def restart(self, keys: dict, fetch: Callable) -> None:
-        """The next session's keys and dealer link (see `mpc.Context.restart`); request
+        """The next session's keys and dealer link (see `mpc.restart_party_context`); request
         numbers start again at 0, as the dealer's do for a new session."""
         self.keys, self._fetch, self._next = keys, fetch, 0
         self.channel.dealer("keys", KEY_BYTES, KEY_BYTES)

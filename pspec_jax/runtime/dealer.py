@@ -40,8 +40,8 @@ class DealerService:
             s = self._sessions.get(session_id)
             if s is None:
                 keys = {CLIENT: os.urandom(KEY_BYTES), SERVER: os.urandom(KEY_BYTES)}
-                s = self._sessions[session_id] = {"keys": keys, "maker": CorrectionMaker(keys, programs=self._programs), "links": 0,
-                                                  "requests": 0}
+                maker = CorrectionMaker(keys, programs=self._programs)
+                s = self._sessions[session_id] = {"keys": keys, "maker": maker, "links": 0, "requests": 0}
             s["links"] += 1
             return s
 

@@ -45,6 +45,9 @@ PROTOCOL_VERSION = "pspec/1"
 DEALER_FINGERPRINT = "dealer"  # the dealer is model-agnostic
 PRIVACY_CODES = ("strict", "paper")
 CLOSE, FORWARD, ROLLBACK, VERIFY, NEXT_TOKEN = range(5)
+# Payload bytes of the client's control messages (session request, commands): not the
+# protocol's, so not in the ledger; the request (max_len, k_01) once, 8 per command word.
+REQUEST_BYTES = 8 + KEY_BYTES
 
 
 def model_fingerprint(config: ModelConfig) -> str:
@@ -109,13 +112,11 @@ class RemoteSession(SecureSession):
     (new links, keys and masks) on the programs this one compiled."""
 
     def __init__(self, config: ModelConfig, link, dealer_link, max_len: int,
-                 setup: tuple[ModelRanges, dict] | None = None) -> None:
-        """`setup`: the result of `client_setup` on these links (made here when None)."""
-        ranges, keys = setup if setup is not None else client_setup(link, dealer_link, max_len)
+                 setup: tuple[ModelRanges, dict]) -> None:
+        """`setup`: the result of `client_setup` on these links."""
+        ranges, keys = setup
         self.link, self.dealer_link = link, dealer_link
-        # Payload bytes of the client's control messages (session request, commands): not
-        # the protocol's, so not in the ledger; 8 + 16 once, 8 per command word.
-        self.control_bytes = 8 + KEY_BYTES
+        self.control_bytes = REQUEST_BYTES
         self._zeros = zero_params(config)
         ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), session_config(ranges))
         super().__init__(config, self._zeros, max_len=max_len, ctx=ctx, pad_widths=True)
@@ -127,7 +128,7 @@ class RemoteSession(SecureSession):
         ranges, keys = setup
         if ranges != self.ranges:
             raise ValueError("a session restarts only with the same model ranges")
-        self.link, self.dealer_link, self.control_bytes = link, dealer_link, 8 + KEY_BYTES
+        self.link, self.dealer_link, self.control_bytes = link, dealer_link, REQUEST_BYTES
         mpc.restart_party_context(self.ctx, link, keys, dealer_fetch(dealer_link))
         super().restart(self._zeros, max_len)
 

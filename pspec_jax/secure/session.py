@@ -148,7 +148,8 @@ class SecureSession:
         # Trailing padding changes no real row (attention is causal); its cache rows lie
         # past the new length, where the next pass overwrites them.
         W = pass_width(T, self.max_len - start) if self.pad_widths else T
-        ids = jnp.pad(ids, ((0, 0), (0, W - T)))
+        if W > T:
+            ids = jnp.pad(ids, ((0, 0), (0, W - T)))
         positions = start + jnp.arange(W, dtype=jnp.int32)
         rope = (arch.rope_tables(positions, self.config.head_dim, self.config.rope_theta)
                 if self.config.family == "llama" else None)
@@ -162,7 +163,10 @@ class SecureSession:
             layers.append(lc)
         logits = None
         if with_logits:
-            x = x[:, T - 1:T] if logits_last_only else x[:, :T]
+            if logits_last_only:
+                x = x[:, T - 1:T]
+            elif W > T:
+                x = x[:, :T]
             head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
             with self.ledger.scope("head"):
                 logits = self._head(self.ctx, head_params, x)
