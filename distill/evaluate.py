@@ -20,14 +20,13 @@ import functools
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill import data, sampling
+from distill import data
 from pspec_jax.errors import UserError
 from pspec_jax.models import arch
 

@@ -18,7 +18,6 @@ Methods (each is one round, all values in one call travel in that same round):
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

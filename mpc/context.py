@@ -36,15 +36,23 @@ class MPCConfig:
       fixed: the fixed-point format (fractional bits).
       compare_bits: bits examined by comparisons. 64 is exact for every ring value; a
         smaller ℓ is exact for |x| < 2^(ℓ−1) (in ring units) and saves rounds and bytes.
+      weight_frac_bits: fractional bits of the server's block weights (a caller's choice:
+        `pspec_jax.secure.ops.prepare_params` uses it inside the transformer blocks). A
+        weight product is truncated by the weight's own scale, so more bits cut the
+        weights' rounding error at no cost in bytes or rounds, while the untruncated
+        product stays in range: |x·w| < 2^(62 − frac_bits − weight_frac_bits).
     """
 
     fixed: FixedPoint = FixedPoint()
     compare_bits: int = 64
     nonlinear: NonlinearConfig = NonlinearConfig()  # approximation parameters (mpc.approx)
+    weight_frac_bits: int = 16
 
     def __post_init__(self):
         if not 8 <= self.compare_bits <= 64:
             raise ValueError(f"compare_bits must be in [8, 64], got {self.compare_bits}")
+        if not 1 <= self.weight_frac_bits <= 30:
+            raise ValueError(f"weight_frac_bits must be in [1, 30], got {self.weight_frac_bits}")
 
     @property
     def frac_bits(self) -> int:

@@ -90,30 +90,36 @@ def ring_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return p00 + (middle << 16) + (high << 32)
 
 
-SMALL_BITS = 20  # |w| < 2^20 ring units (|w| < 16 at f = 16): see ring_matmul_small
+def small_bound(shape: tuple[int, ...]) -> int:
+    """The largest |w| for which `ring_matmul_small` is exact with a matrix of this shape:
+    a 16-bit limb times w, summed over the contraction length k, must stay an exact
+    float64 integer, (2^16 − 1)·|w|·k < 2^53. k is the larger dimension, so the bound
+    holds for the matrix and its transpose (a tied LM head). 2^21.4 for SmolLM2's
+    49152 × 576 embedding; 2^26.4 for a 576 × 1536 layer."""
+    k = max(shape)
+    return (2**53 - 1) // (0xFFFF * k)
 
 
 def small_operand(w: jax.Array) -> jax.Array | None:
     """The float64 form of a ring matrix whose entries are small signed integers
-    (|w| < 2^SMALL_BITS), for `ring_matmul_small`; None if some entry is too large."""
+    (|w| ≤ `small_bound`), for `ring_matmul_small`; None if some entry is too large."""
     w_int = to_signed(w)
-    if bool(jnp.max(jnp.abs(w_int)) >= (1 << SMALL_BITS)):
+    if bool(jnp.max(jnp.abs(w_int)) > small_bound(w.shape)):
         return None
     return w_int.astype(jnp.float64)
 
 
 def ring_matmul_small(a: jax.Array, w_small: jax.Array) -> jax.Array:
     """Exact `a @ w` mod 2^64 for uint64 `a` (..., m, k) and a matrix of small signed
-    integers `w_small` (k, n) given as float64 (see `small_operand`).
+    integers `w_small` (k, n) given as float64 (or float32 where exact; see `small_operand`).
 
-    With 16-bit limbs a = Σ_i 2^(16i)·a_i, each a_i @ w is an exact float64 integer
-    (|summand| < 2^36, k < 2^17), so a @ w = Σ_i 2^(16i)·(a_i @ w) mod 2^64. The four limb
-    products run as ONE dot of a (4·m, k) stack — for the few rows of a decoding step
-    that reads w once instead of four times. A server's plain weight is such a matrix.
+    With 16-bit limbs a = Σ_i 2^(16i)·a_i, each a_i @ w is an exact float64 integer (its
+    terms' sum stays below 2^53: `small_bound`), so a @ w = Σ_i 2^(16i)·(a_i @ w) mod 2^64.
+    The four limb products run as ONE dot of a (4·m, k) stack — for the few rows of a
+    decoding step that reads w once instead of four times. A server's plain weight is such
+    a matrix.
     """
     a = jnp.asarray(a, DTYPE)
-    if a.shape[-1] >= 1 << 17:
-        raise ValueError(f"ring_matmul_small contraction length {a.shape[-1]} >= 2^17 would lose exactness")
     limbs = jnp.stack([((a >> (16 * i)) & 0xFFFF).astype(jnp.float64) for i in range(4)])  # (4, ..., m, k)
     prods = jnp.matmul(limbs, w_small, precision=_HI)  # (4, ..., m, n)
     out = _f64_to_ring(prods[0])

@@ -21,6 +21,8 @@ come from the usual os.urandom-keyed streams unless `--seed` fixes them. Nothing
 is printed: this is the evaluation harness, run on public prompts.
 
     .venv/bin/python scripts/fidelity.py [--tokens 32] [--prompts 8] [--json out/fidelity.json]
+    .venv/bin/python scripts/fidelity.py --teacher-forced 16 18   # one secure pass per prompt,
+        # per scale of the server's block weights, side by side (`teacher_forced`)
 
 Cost: one secure pass per token (~8 s for SmolLM2 on 2 cores, plus each prompt length's
 compilation) — 45 minutes and a 13 GB peak for 8 prompts x 32 tokens. The test suite's slow test (tests/test_secure_fidelity.py) checks
@@ -155,6 +157,55 @@ def evaluate(bundle, prompts, n_tokens: int, seed: bytes | None = None, log=prin
     return rows
 
 
+def teacher_forced(bundle, prompts, n_tokens: int, weight_frac_bits: int | None = None,
+                   seed: bytes | None = None) -> dict:
+    """The same positions as `evaluate`, by teacher forcing: per prompt the plain model
+    decodes greedily, then ONE secure pass over prompt + continuation gives the secure
+    logits at every position at once. The model is causal, so the secure logits at i
+    depend only on the tokens before i: wherever secure greedy decoding has agreed so far,
+    its prefix IS the plain prefix, and "secure argmax at i == plain token i" is exactly
+    the check that it picks the same token there (after a first disagreement a real decode
+    follows its own prefix; this keeps scoring on the plain one, stricter per position).
+
+    Every sequence is extended to one common length, so all passes share one compiled
+    program; only the `n_tokens` positions after each prompt are scored. `weight_frac_bits`:
+    the server's block weights at that scale (`mpc.MPCConfig.weight_frac_bits`; default
+    the session's). Returns {"equal", "total", "max_logit_err", "rows": [{kind, equal,
+    max_logit_err, disagreements: [{position, plain_top2_gap, logit_err}]}], "seconds"}.
+    """
+    import dataclasses
+
+    from pspec_jax.decode import Sampling, generate_plain
+    from pspec_jax.secure import SecureSession
+    from pspec_jax.secure.ranges import calibrated_config
+
+    tok = bundle.tokenizer
+    encoded = [(kind, prompt_ids(tok, text, chat)) for kind, text, chat in prompts]
+    length = max(len(ids) for _, ids in encoded) + n_tokens
+    plain = plain_logits_fn(bundle, pad_to=length)
+    config, _ = calibrated_config(bundle.config, bundle.params, tok)
+    if weight_frac_bits is not None:
+        config = dataclasses.replace(config, weight_frac_bits=weight_frac_bits)
+    session = SecureSession(bundle.config, bundle.params, max_len=length, mpc_config=config, seed=seed)
+    t0 = time.perf_counter()
+    rows = []
+    for kind, ids in encoded:
+        seq = ids + generate_plain(bundle, ids, length - len(ids), Sampling(0.0)).tokens
+        session.rollback(0)
+        sec = session.reveal_logits(session.forward(seq)).reshape(length, -1).astype(np.float64)
+        n0 = len(ids) - 1  # logits at n0 + i predict continuation token i
+        sec, ref = sec[n0:n0 + n_tokens], plain(seq)[n0:n0 + n_tokens]
+        errs = np.abs(sec - ref).max(-1)
+        targets = np.asarray(seq[n0 + 1:n0 + 1 + n_tokens])
+        wrong = np.flatnonzero(np.argmax(sec, -1) != targets)
+        rows.append({"kind": kind, "equal": n_tokens - len(wrong), "max_logit_err": float(errs.max()),
+                     "disagreements": [{"position": int(i), "plain_top2_gap": top2_gap(ref[i]),
+                                        "logit_err": float(errs[i])} for i in wrong]})
+    return {"equal": sum(r["equal"] for r in rows), "total": n_tokens * len(rows),
+            "max_logit_err": max(r["max_logit_err"] for r in rows), "rows": rows,
+            "seconds": time.perf_counter() - t0}
+
+
 def near_tie(d: dict) -> bool:
     """A disagreement is a near-tie when the plain top-2 logits are closer than twice the
     secure logits' error at that step (the error can reorder them)."""
@@ -184,11 +235,27 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=8, help=f"how many of the {len(PROMPTS)} prompts")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows (and texts) here")
     ap.add_argument("--show-text", action="store_true", help="print both continuations per prompt")
+    ap.add_argument("--teacher-forced", type=int, nargs="+", metavar="WEIGHT_FRAC", default=None,
+                    help="teacher-forced check instead of real decoding, once per given scale of the "
+                         "server's block weights (fractional bits), side by side")
     args = ap.parse_args(argv)
     from pspec_jax.models import load_default_private
 
     t0 = time.perf_counter()
     bundle = load_default_private()
+    if args.teacher_forced:
+        results = {}
+        for bits in args.teacher_forced:
+            r = results[bits] = teacher_forced(bundle, PROMPTS[:args.prompts], args.tokens, bits)
+            print(f"weight bits {bits}: top-1 equal {r['equal']}/{r['total']}, max abs logit error "
+                  f"{r['max_logit_err']:.4f} ({r['seconds']:.0f} s); per prompt: "
+                  + "; ".join(f"{x['kind']} {x['equal']} err {x['max_logit_err']:.4f}" for x in r["rows"]),
+                  flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
+
     def save(rows):  # after every prompt: a partial run still leaves its rows
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,6 @@ STATE: dict = {}
 
 @section("secure session: set-up and prefill")
 def session_section(cfg, params) -> None:
-    import jax.numpy as jnp
 
     from pspec_jax.secure import SecureSession
 

@@ -230,3 +230,43 @@ def test_server_weight_repr_hides_the_weight_and_mask():
     sw = L.setup_weight(ctx, np.full((3, 2), 0.123456))
     text = repr(sw) + str(sw)
     assert "ServerWeight(shape=(3, 2)" in text and "8090" not in text and "Array" not in text
+
+
+def test_b2a_and_select_bit_open_bit_0_only():
+    """b2a and select_bit on XOR words whose high bits hold garbage: the result is bit 0's
+    (a whole-word opening would mix the garbage in), and each party sends ⌈n/8⌉ bytes
+    for the bits (plus select_bit's 8·n for x − a): nothing above bit 0 leaves a party."""
+    n = 10
+    bits = np.arange(n, dtype=np.uint64) % np.uint64(3) == 1  # the secret bits
+    garbage = np.random.default_rng(5).integers(0, 2**63, size=n, dtype=np.uint64) << np.uint64(1)
+    x = np.linspace(-3.0, 3.0, n)
+
+    def program(ctx, p):
+        (me,) = ctx.parties
+        # the client's word carries the bit and garbage above it; the server's only garbage
+        word = bits.astype(np.uint64) | garbage if p == CLIENT else garbage ^ (garbage << np.uint64(7))
+        b = XorShared(jnp.asarray(word)[None], (me,))
+        xs = ctx.share(x if p == CLIENT else np.zeros_like(x))
+        sent = []
+        before = ctx.channel.link.bytes_sent
+        as_int = ctx.reveal(C.b2a(ctx, b))
+        sent.append(ctx.channel.link.bytes_sent - before)
+        before = ctx.channel.link.bytes_sent
+        chosen = ctx.reveal(C.select_bit(ctx, b, xs))
+        sent.append(ctx.channel.link.bytes_sent - before)
+        return np.asarray(as_int), np.asarray(chosen), sent
+
+    parts, _ = run_parties(program)
+    reveal = 8 * n  # each reveal opens n ring words (8 B each) from each party
+    for as_int, chosen, sent in parts:
+        np.testing.assert_array_equal(as_int, bits.astype(np.int64))
+        np.testing.assert_allclose(chosen, np.where(bits, x, 0.0), atol=1e-4)
+        assert sent == [-(-n // 8) + reveal, 8 * n + -(-n // 8) + reveal]
+
+
+def test_model_bundle_repr_hides_the_weights():
+    from pspec_jax.models.bundle import tiny_model
+
+    b = tiny_model("llama", seed=0)
+    text = repr(b) + str(b)
+    assert "ModelBundle(config=" in text and "Array" not in text and "params" not in text

@@ -66,17 +66,20 @@ def test_activation_range_past_512():
     assert np.abs(wrapped[:2] - silu_ref(x[:2])).max() > 100
 
 
-def test_argmax_gap_past_128():
-    """Greedy argmax with a logit gap of 200: exact once the calibrated spread covers it;
-    the generic 2^7 range gives a wrong index (negative control)."""
-    row = np.zeros(64)
-    row[5], row[40] = 150.0, -50.0
+@pytest.mark.parametrize("gap", [127.5, 128.5, 200.0])
+def test_argmax_gap_at_and_past_128(gap):
+    """Greedy argmax with a logit gap at the generic 2^7 range's boundary and past it:
+    exact once the calibrated spread covers the gap; the generic range is exact just
+    inside the boundary and gives a wrong index just past it (negative control)."""
+    row = np.full(64, -50.0)
+    row[5] = gap - 50.0  # every comparison with the winner spans the gap
     x = _q(row[None])
-    ctx = _ctx(logit_spread=200.0)
-    assert ctx.config.nonlinear.argmax_compare.range_log2 == 9
+    ctx = _ctx(logit_spread=gap)
+    assert 2.0 ** ctx.config.nonlinear.argmax_compare.range_log2 > gap * MARGIN
     assert int(S.open_index(ctx, S.argmax(ctx, ctx.share(x)))[0]) == 5
     generic = mpc.Context(DEFAULT_MPC_CONFIG, seed=b"ranges")
-    assert int(S.open_index(generic, S.argmax(generic, generic.share(x)))[0]) != 5
+    got = int(S.open_index(generic, S.argmax(generic, generic.share(x)))[0])
+    assert (got == 5) == (gap < 128)
 
 
 def test_temperature_lower_bound():
@@ -110,11 +113,37 @@ def test_norm_range_covers_the_measured_variance():
     assert narrow.act_compare == DEFAULT_MPC_CONFIG.nonlinear.act_compare
 
 
+def test_rmsnorm_past_the_generic_variance_range():
+    """Rows with mean squares 3e6 and 5e6 (past the generic 1.5e6; SmolLM2's first-token
+    rows reach ~8e5): accurate once the calibrated range covers them; the generic range
+    extrapolates rsqrt (errors ≈ 1 and ≈ 1e4, the negative control). 1.4e6 is fine in both."""
+    from mpc.protocols import norm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 576))
+    x *= np.sqrt(np.array([3e6, 1.4e6, 5e6])[:, None] / np.mean(x**2, -1, keepdims=True))
+    ref = x / np.sqrt(np.mean(x**2, -1, keepdims=True) + 1e-6)
+    ctx = _ctx(norm_var_max=5e6)
+    err = np.abs(np.asarray(ctx.reveal(norm.rmsnorm(ctx, ctx.share(x), None))) - ref).max(-1)
+    assert err.max() < 1e-2
+    generic = mpc.Context(DEFAULT_MPC_CONFIG, seed=b"ranges")
+    err = np.abs(np.asarray(generic.reveal(norm.rmsnorm(generic, generic.share(x), None))) - ref).max(-1)
+    assert err[1] < 1e-2 and err[0] > 0.1 and err[2] > 0.1
+
+
 def test_layernorm_mean_out_of_range_is_a_user_error():
     from pspec_jax.errors import UserError
 
     with pytest.raises(UserError, match="row means"):
         session_config(dataclasses.replace(BASE, norm_mean_max=9000.0))
+
+
+@pytest.mark.parametrize("field", ["act_max", "score_spread", "logit_spread"])
+def test_ranges_past_the_ring_are_a_user_error(field):
+    from pspec_jax.errors import UserError
+
+    with pytest.raises(UserError, match="past what the 64-bit ring holds"):
+        session_config(dataclasses.replace(BASE, **{field: 1e15}))
 
 
 def test_session_calibrates_by_default():
@@ -138,3 +167,44 @@ def test_temperature_below_the_bound_is_a_user_error(mode):
         (lambda s: generate_post(b, b.truncated(1), [1, 2, 3], 2, 2, s))
     with pytest.raises(UserError, match="below this model's lower bound"):
         run(Sampling(temperature=1e-3))
+
+
+def test_an_opened_index_outside_the_vocabulary_is_an_error(monkeypatch):
+    """The client refuses an argmax index ≥ V (a wrapped tree argmax can sum to one)."""
+    from pspec_jax.errors import UserError
+    from pspec_jax.secure import SecureSession
+    from pspec_jax.secure import session as session_module
+
+    b = tiny_model("llama", seed=1)
+    sess = SecureSession(b.config, b.params, max_len=8)
+    V = b.config.vocab_size
+    logits = sess.ctx.share(np.zeros((1, 1, V)))
+    monkeypatch.setattr(session_module, "next_token_program", lambda ctx, x, temperature: np.array([V]))
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        sess.next_token(logits, 0.0)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_profile_shows_the_calibration(capsys, as_json):
+    """`--profile` carries the measured ranges and the widths derived from them, in the
+    printed table and in --json."""
+    import types
+
+    from pspec_jax.commands.secure_modes import finish_cli
+    from pspec_jax.decode.common import GenerationResult
+    from pspec_jax.secure import SecureSession
+
+    b = tiny_model("llama", seed=1)
+    sess = SecureSession(b.config, b.params, max_len=8)
+    from pspec_jax.decode.costs import CostReport
+
+    costs = CostReport.of(sess.ledger.since(0), 0.0, 1).to_json(tokens=1)  # set-up only: no pass run
+    res = GenerationResult("secure", [1], 1, [], [],
+                           extra={**costs, "_ledger": sess.ledger, "_ranges": sess.calibration()})
+    args = types.SimpleNamespace(network="wan", profile=True, json=as_json)
+    ranges = finish_cli(res, args).extra["profile"]["ranges"]
+    assert ranges["measured"]["logit_spread"] == pytest.approx(sess.ranges.logit_spread, abs=1e-4)
+    assert ranges["margin"] == MARGIN
+    assert ranges["argmax_range_log2"] == sess.ctx.config.nonlinear.argmax_compare.range_log2
+    printed = capsys.readouterr().out
+    assert ("ranges: measured = {" in printed and "ranges: argmax_range_log2 = " in printed) != as_json

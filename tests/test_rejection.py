@@ -39,3 +39,18 @@ def test_accept_and_first_rejection_match_plain_rule():
         assert n == int(np.cumprod(want).sum())
         t = ctx.ledger.since(mark).totals()
         assert t.rounds == 3 + 2  # ⌈log2 6⌉ ANDs + b2a + open
+
+
+def test_first_rejection_at_and_past_64_drafts():
+    """γ = 64 fills the packed word (all accepted → n = 64, first rejection at the last
+    draft → 63); γ = 65 would not fit in it and is refused, not silently biased."""
+    import pytest
+
+    ctx = mpc.Context(seed=b"rej64")
+    ones = np.ones(64, np.uint64)
+    for flags, want in ((ones, 64), (np.concatenate([ones[:63], [0]]).astype(np.uint64), 63)):
+        acc = mpc.XorShared.from_parties(flags ^ np.uint64(7), np.full(64, 7, np.uint64))
+        assert int(first_rejection(ctx, acc)) == want
+    acc = mpc.XorShared.from_parties(np.ones(65, np.uint64), np.zeros(65, np.uint64))
+    with pytest.raises(ValueError, match="γ must be in"):
+        first_rejection(ctx, acc)

@@ -78,14 +78,16 @@ def test_fixed_point_overflow_raises():
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 576, 16), (2, 3000, 4)])
 def test_ring_matmul_small_operand(m, k, n):
-    from mpc.ring import SMALL_BITS, ring_matmul_small, small_operand
+    from mpc.ring import ring_matmul_small, small_bound, small_operand
 
     rng = np.random.default_rng(k)
     a = _rand(rng, (m, k))
-    lim = 2**SMALL_BITS - 1
+    lim = small_bound((k, n))  # (2^16 − 1)·lim·k < 2^53: the largest exact weight entries
+    assert 0xFFFF * lim * k < 2**53 <= 0xFFFF * (lim + 1) * k
+    a[0] = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # every limb of row 0 at its largest: the worst case with w[:, 0]
     w = rng.integers(-lim, lim + 1, size=(k, n))
-    w[0, 0], w[-1, -1] = lim, -lim
+    w[:, 0], w[-1, -1] = lim, -lim
     w_ring = w.astype(np.int64).astype(np.uint64)
     np.testing.assert_array_equal(np.asarray(ring_matmul_small(a, small_operand(w_ring))), a @ w_ring)
-    w_ring[0, 0] = np.uint64(2**SMALL_BITS)
+    w_ring[0, 0] = np.uint64(lim + 1)
     assert small_operand(w_ring) is None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 
-import jax
 import numpy as np
 
 import mpc

@@ -23,8 +23,8 @@ class ModelBundle:
     """
 
     config: ModelConfig
-    params: dict[str, Any]
-    tokenizer: Any = None
+    params: dict[str, Any] = dataclasses.field(repr=False)  # a private model's weights: never printed
+    tokenizer: Any = dataclasses.field(default=None, repr=False)
     name: str = "model"
 
     def __iter__(self):

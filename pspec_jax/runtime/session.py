@@ -28,7 +28,6 @@ import struct
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import mpc
@@ -36,7 +35,6 @@ from mpc.dealer import Request
 from mpc.prg import KEY_BYTES
 from mpc.shares import CLIENT, SERVER
 from mpc.transport import TransportError
-from pspec_jax.errors import UserError
 from pspec_jax.models.config import ModelConfig
 from pspec_jax.secure import SecureSession
 from pspec_jax.secure.ranges import ModelRanges, session_config

@@ -39,11 +39,16 @@ def prepare_params(ctx: mpc.Context, params: Any) -> Any:
         name = str(getattr(path[-1], "key", getattr(path[-1], "idx", path[-1])))
         if name in ("b", "bias"):
             return fp.encode(np.asarray(leaf, np.float64))
+        # Block weights at their own scale (MPCConfig.weight_frac_bits; truncated by it).
+        # The embedding table stays at the activations' scale: its one-hot product is exact
+        # and not truncated, and a tied LM head shares the table.
+        in_block = str(getattr(path[0], "key", "")) == "layers"
         with ctx.ledger.scope("setup"):
-            sw = L.setup_weight(ctx, np.asarray(leaf, np.float64), op=name)
-        if sw.w_small is not None:
-            # The server's fast operand holds integers |w| < 2^20: float32 is exact and
-            # halves it (SmolLM2: -0.5 GB); the product promotes it to float64 per call.
+            sw = L.setup_weight(ctx, np.asarray(leaf, np.float64), op=name,
+                                frac=ctx.config.weight_frac_bits if in_block else None)
+        if sw.w_small is not None and float(jnp.max(jnp.abs(sw.w_small))) < 2**24:
+            # The server's fast operand holds small integers: float32 is exact below 2^24
+            # and halves it (SmolLM2: -0.5 GB); the product promotes it to float64 per call.
             sw = dataclasses.replace(sw, w_small=sw.w_small.astype(jnp.float32))
         return sw
 

@@ -192,6 +192,15 @@ def session_config(ranges: ModelRanges, base: mpc.MPCConfig | None = None) -> mp
         argmax_compare=_widened(nl.argmax_compare, ranges.logit_spread * m),
         logit_spread=ranges.logit_spread * m,
     )
+    f = base.frac_bits
+    for what, measured, cmp in (("activations", ranges.act_max, nl.act_compare),
+                                ("attention score spreads", ranges.score_spread, nl.exp_compare),
+                                ("logit spreads", ranges.logit_spread, nl.argmax_compare)):
+        try:
+            cmp.params(f)
+        except ValueError:  # a range this wide is past what any value of the ring can hold
+            raise UserError(f"the private model's {what} reach {measured:.4g}: past what the 64-bit ring "
+                            f"holds at {f} fractional bits") from None
     return dataclasses.replace(base, nonlinear=nl)
 
 

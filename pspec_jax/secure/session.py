@@ -24,6 +24,7 @@ import numpy as np
 import mpc
 from mpc.approx import NonlinearConfig
 from mpc.shares import Shared
+from pspec_jax.errors import UserError
 from pspec_jax.models import arch
 from pspec_jax.models.cache import KVCache, init_cache
 from pspec_jax.models.config import ModelConfig
@@ -212,7 +213,13 @@ class SecureSession:
         only (the server gets 0)."""
         with self.ledger.scope(op):
             idx = next_token_program(self.ctx, logits, temperature=float(temperature))
-        return int(np.asarray(idx).reshape(-1)[0])
+        token = int(np.asarray(idx).reshape(-1)[0])
+        if not 0 <= token < logits.shape[-1]:  # only the client holds the opened index
+            # the tree argmax's one-hot sum lands outside the vocabulary only when its
+            # comparisons wrapped: a logit gap past the calibrated range (secure.ranges)
+            raise UserError(f"the secure argmax opened index {token}, outside the vocabulary of "
+                            f"{logits.shape[-1]}: a logit gap exceeded the calibrated range")
+        return token
 
     def reveal_logits(self, logits: Shared) -> np.ndarray:
         """Open logits to both (tests and fidelity checks only; never in decoding)."""
