@@ -1,0 +1,416 @@
+"""Distributed comparison functions (DCF) with a ChaCha20 PRG, and the comparisons they
+give for an opened masked value — pure, jit-compiled functions with no channel or dealer.
+
+**PRG.** G: {0,1}^128 -> {0,1}^512 is one ChaCha20 block under the seed as a 128-bit key,
+in the key-size variant of ChaCha's designer ("expand 16-byte k" constants, the 16-byte key
+in both key slots; the RFC 8439 block function is `chacha20_block`), at block counter 0
+and a fixed 96-bit nonce that names this use ("pspec-DCF-G1"). ChaCha20 is assumed to be
+a PRF of its key; a PRF evaluated at one fixed public input under a uniform secret key is
+a PRG, and every seed of a DCF tree is uniform or pseudorandom and used once as a key.
+On uint32 lanes (the 16 state words are 16 arrays over the batch) with the 10 double
+rounds in a `fori_loop` (unrolled, XLA takes ~20 s to compile them and runs no faster):
+~0.3 µs per block on one CPU core here. JAX's threefry is not used anywhere.
+
+Output layout of G(s), in words: 0–3 s^L, 4–7 s^R, 8–9 v^L, 10–11 v^R (uint64, low word
+first), bit 0 of word 12 t^L, bit 0 of word 13 t^R; words 14–15 are unused.
+
+**DCF** (Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function Secret Sharing
+for Mixed-Mode and Fixed-Point Secure Computation", Eurocrypt 2021, Fig. 1): for
+f^<_{α,β}(x) = β if x < α else 0 on n-bit x (compared as unsigned integers, bits taken
+most significant first) with output in Z_{2^ℓ}, keys k_0, k_1 with
+Eval(0, k_0, x) + Eval(1, k_1, x) = f^<_{α,β}(x) mod 2^ℓ for every x. Both parties walk
+the GGM tree along the bits of x; along α's path their seeds differ and their control
+bits t_0 ⊕ t_1 = 1; where x leaves α's path the correction word makes the seeds (and
+control bits) equal, so everything below cancels, and the value correction v_cw makes the
+running sum there 0, or β when x leaves to the left (x < α). Each key is a root seed
+s^(0)_b of its own and n + 1 correction words common to both keys:
+CW_i = (s_cw: λ bits, v_cw: ℓ bits, t_cw^L, t_cw^R: 1 bit each) for i = 1..n and
+CW_{n+1} ∈ Z_{2^ℓ}.
+
+Key size per element, λ = 128: one key holds λ·(n+1) + ℓ·(n+1) + 2n bits (`key_bits`);
+the correction words alone, λ·n + ℓ·(n+1) + 2n bits (`correction_bits`) — a party can
+draw its root seed from its own dealer stream, so only the correction words travel, the
+same ones to both parties. `pack_key` writes a key in 16·(n+1) + ⌈(ℓ·(n+1) + 2n)/8⌉ bytes
+(`key_bytes`): e.g. n = 16, ℓ = 1: 279 bytes; n = 64, ℓ = 64: 1,576 bytes.
+
+Security (semi-honest, one party's view): each key alone is computationally
+indistinguishable from random (every correction word is masked by a pseudorandom string
+from the other party's tree), so it hides α and β; this rests on the PRG security of
+ChaCha20 only (BCG+21, Thm. 1).
+
+Costs per element: keygen 2n PRG blocks (n per party tree); eval n blocks plus O(n) word
+operations. Arrays here are one-dimensional over a batch of N elements (flatten first).
+
+**Comparisons on an opened masked value.** Plain functions over the jitted
+DCF (trace them inside a protocol's jit). The dealer draws r uniform in Z_{2^n}, the
+parties hold shares of x and of r, open x̂ = x + r mod 2^n (one round; x̂ is uniform, so
+it shows nothing), and each evaluates its key locally — no further rounds:
+* `lt_from_opened`: 1{x < c} for a public c (unsigned, or two's complement with
+  `signed=True`), from a DCF at α = r, β = 1 evaluated at x̂ and at x̂ − c (2 evals).
+* `msb_from_opened` / `drelu_from_opened`: the sign of an n-bit two's complement x (SIGMA's
+  DReLU), from one (n−1)-bit DCF plus a share of msb(r) (1 eval of n − 1 levels).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+U32 = jnp.uint32
+U64 = jnp.uint64
+LAMBDA_BITS = 128  # seed length λ
+SEED_WORDS = LAMBDA_BITS // 32
+
+
+def _words_le(text: bytes) -> tuple[int, ...]:
+    """Little-endian uint32 words of a byte string (RFC 8439 §2.3)."""
+    return tuple(int.from_bytes(text[i:i + 4], "little") for i in range(0, len(text), 4))
+
+
+CONSTANTS_256 = _words_le(b"expand 32-byte k")  # RFC 8439's constants (256-bit keys)
+CONSTANTS_128 = _words_le(b"expand 16-byte k")  # ChaCha's constants for 128-bit keys
+PRG_NONCE = _words_le(b"pspec-DCF-G1")  # names the use of ChaCha20 as the DCF's PRG G
+
+
+# --- ChaCha20 --------------------------------------------------------------------------------
+def _rotl(x: jax.Array, k: int) -> jax.Array:
+    return (x << U32(k)) | (x >> U32(32 - k))
+
+
+def _quarter_round(s: list, a: int, b: int, c: int, d: int) -> None:
+    s[a] = s[a] + s[b]; s[d] = _rotl(s[d] ^ s[a], 16)  # noqa: E702  (RFC 8439 §2.1 line by line)
+    s[c] = s[c] + s[d]; s[b] = _rotl(s[b] ^ s[c], 12)  # noqa: E702
+    s[a] = s[a] + s[b]; s[d] = _rotl(s[d] ^ s[a], 8)  # noqa: E702
+    s[c] = s[c] + s[d]; s[b] = _rotl(s[b] ^ s[c], 7)  # noqa: E702
+
+
+def _double_round(state: tuple) -> tuple:
+    s = list(state)
+    for a, b, c, d in ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),  # columns
+                       (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)):  # diagonals
+        _quarter_round(s, a, b, c, d)
+    return tuple(s)
+
+
+def chacha20_lanes(state: tuple) -> tuple:
+    """The ChaCha20 block function on 16 uint32 arrays of one shape (one block per lane):
+    20 rounds, then the input added word by word (RFC 8439 §2.3). Cost: 20 rounds of 4
+    quarter rounds, ~1,000 uint32 operations per block."""
+    state = tuple(jnp.asarray(w, U32) for w in state)
+    mixed = jax.lax.fori_loop(0, 10, lambda _, s: _double_round(s), state)
+    return tuple(m + s for m, s in zip(mixed, state))
+
+
+def chacha20_block(key: jax.Array, counter: jax.Array, nonce: jax.Array) -> jax.Array:
+    """RFC 8439 §2.3 block function: key uint32 (..., 8), counter uint32 (...), nonce
+    uint32 (..., 3) (words little-endian, as the RFC reads bytes) -> uint32 (..., 16)
+    keystream words."""
+    key, nonce = jnp.asarray(key, U32), jnp.asarray(nonce, U32)
+    counter = jnp.asarray(counter, U32)
+    shape = jnp.broadcast_shapes(key.shape[:-1], counter.shape, nonce.shape[:-1])
+    lanes = [jnp.full(shape, c, U32) for c in CONSTANTS_256]
+    lanes += [jnp.broadcast_to(key[..., i], shape) for i in range(8)]
+    lanes += [jnp.broadcast_to(counter, shape)] + [jnp.broadcast_to(nonce[..., i], shape) for i in range(3)]
+    return jnp.stack(chacha20_lanes(tuple(lanes)), axis=-1)
+
+
+def prg(seed: tuple) -> tuple:
+    """G(s): 16 pseudorandom uint32 words from a 128-bit seed given as 4 uint32 arrays
+    (see the module docstring for the key layout and the output layout). 1 ChaCha block."""
+    shape = seed[0].shape
+    const = [jnp.full(shape, c, U32) for c in CONSTANTS_128]
+    tail = [jnp.zeros(shape, U32)] + [jnp.full(shape, c, U32) for c in PRG_NONCE]
+    return chacha20_lanes((*const, *seed, *seed, *tail))
+
+
+# --- DCF: keys, generation, evaluation ------------------------------------------------------
+class DcfKey(NamedTuple):
+    """One party's DCF keys for a batch of N elements (a pytree). All but `seed` are the
+    correction words, equal in both parties' keys."""
+
+    seed: jax.Array  # uint32 (4, N): the root seed s^(0)_b
+    cw_seed: jax.Array  # uint32 (n, 4, N): s_cw per level
+    cw_value: jax.Array  # uint64 (n, N): v_cw per level, in [0, 2^ℓ)
+    cw_bits: jax.Array  # uint8 (n, N): t_cw^L in bit 0, t_cw^R in bit 1
+    cw_final: jax.Array  # uint64 (N,): CW_{n+1}, in [0, 2^ℓ)
+
+
+def _low_mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)
+
+
+def _as_u64(lo: jax.Array, hi: jax.Array) -> jax.Array:
+    return lo.astype(U64) | (hi.astype(U64) << U64(32))
+
+
+def _signed(negate: jax.Array, value: jax.Array) -> jax.Array:
+    """(−1)^negate · value mod 2^64."""
+    return jnp.where(negate != 0, U64(0) - value, value)
+
+
+def _expand(words: tuple) -> tuple:
+    """G(s) parsed: (s^L, s^R) as 4-tuples of uint32, (v^L, v^R) uint64, (t^L, t^R) uint32
+    bits."""
+    return (words[0:4], words[4:8], _as_u64(words[8], words[9]), _as_u64(words[10], words[11]),
+            words[12] & U32(1), words[13] & U32(1))
+
+
+def _bits_msb_first(x: jax.Array, n_bits: int) -> jax.Array:
+    """uint32 (n, N): bit n−1−i of x in row i (the tree's level i+1 reads row i)."""
+    shifts = jnp.arange(n_bits - 1, -1, -1, dtype=U64)
+    return ((jnp.asarray(x, U64)[None, :] >> shifts[:, None]) & U64(1)).astype(U32)
+
+
+def _check_widths(n_bits: int, out_bits: int) -> None:
+    if not 1 <= n_bits <= 64:
+        raise ValueError(f"DCF input width n must be in [1, 64], got {n_bits}")
+    if not 1 <= out_bits <= 64:
+        raise ValueError(f"DCF output width ℓ must be in [1, 64], got {out_bits}")
+
+
+def _seed_words(root_words: jax.Array) -> jax.Array:
+    """uint64 (N, 2) -> uint32 (4, N): each word's low half first."""
+    w = jnp.asarray(root_words, U64)
+    return jnp.stack([w[:, 0], w[:, 0] >> U64(32), w[:, 1], w[:, 1] >> U64(32)]).astype(U32)
+
+
+def dcf_keygen(root_words: jax.Array, alpha: jax.Array, beta: jax.Array, *, n_bits: int,
+               out_bits: int) -> tuple[DcfKey, DcfKey]:
+    """DCF keys for f^<_{α,β} (BCG+21 Fig. 1), one pair per element.
+
+    Args:
+      root_words: uint64 (2, N, 2): party b's root seed per element as two words; draw
+        row b from party b's dealer stream and the party can derive its own seed.
+      alpha: uint64 (N,) in [0, 2^n). beta: uint64 (N,), taken mod 2^ℓ.
+      n_bits: n, input width (1..64). out_bits: ℓ, output group Z_{2^ℓ} (1..64).
+    Returns:
+      (key of party 0, key of party 1). Cost: 2n ChaCha blocks per element.
+    """
+    _check_widths(n_bits, out_bits)
+    return _keygen(root_words, alpha, beta, _low_mask(out_bits), n_bits=n_bits)
+
+
+# ℓ enters the compiled programs as an operand (its mask), not as a static argument: one
+# compilation serves every output width.
+@functools.partial(jax.jit, static_argnames=("n_bits",))
+def _keygen(root_words, alpha, beta, mask, *, n_bits):
+    beta = jnp.asarray(beta, U64) & mask
+    n = beta.shape[0]
+    roots = (_seed_words(root_words[0]), _seed_words(root_words[1]))  # 2 × (4, N)
+
+    def level(carry, alpha_bit):
+        seed0, seed1, t0, t1, v_alpha = carry
+        words = prg(tuple(jnp.concatenate([seed0, seed1], axis=1)))  # lanes: party 0's N, then party 1's
+        halves = (_expand(tuple(w[:n] for w in words)), _expand(tuple(w[n:] for w in words)))
+        s_l, s_r, v_l, v_r, t_l, t_r = zip(*halves)  # each a pair: (party 0's, party 1's)
+        right = alpha_bit != 0  # keep the branch α takes, lose the other
+        pick = lambda cond, a, b: tuple(jnp.where(cond, x, y) for x, y in zip(a, b))  # noqa: E731
+        s_keep = [pick(right, s_r[b], s_l[b]) for b in (0, 1)]
+        s_lose = [pick(right, s_l[b], s_r[b]) for b in (0, 1)]
+        v_keep = [jnp.where(right, v_r[b], v_l[b]) for b in (0, 1)]
+        v_lose = [jnp.where(right, v_l[b], v_r[b]) for b in (0, 1)]
+        s_cw = tuple(a ^ b for a, b in zip(s_lose[0], s_lose[1]))
+        # Losing the left branch (α_i = 1) means x < α there: that branch's sum is β.
+        payload = jnp.where(right, beta, U64(0))
+        v_cw = _signed(t1, v_lose[1] - v_lose[0] - v_alpha + payload) & mask
+        v_alpha = v_alpha - v_keep[1] + v_keep[0] + _signed(t1, v_cw)
+        t_cw_l = t_l[0] ^ t_l[1] ^ alpha_bit ^ U32(1)
+        t_cw_r = t_r[0] ^ t_r[1] ^ alpha_bit
+        t_cw_keep = jnp.where(right, t_cw_r, t_cw_l)
+        t_keep = [jnp.where(right, t_r[b], t_l[b]) for b in (0, 1)]
+        seeds = [jnp.stack([w ^ (s & (U32(0) - t)) for w, s in zip(s_keep[b], s_cw)])
+                 for b, t in ((0, t0), (1, t1))]
+        ts = [t_keep[0] ^ (t0 & t_cw_keep), t_keep[1] ^ (t1 & t_cw_keep)]
+        out = (jnp.stack(s_cw), v_cw, (t_cw_l | (t_cw_r << U32(1))).astype(jnp.uint8))
+        return (seeds[0], seeds[1], ts[0], ts[1], v_alpha), out
+
+    start = (roots[0], roots[1], jnp.zeros(n, U32), jnp.ones(n, U32), jnp.zeros(n, U64))
+    (seed0, seed1, _, t1, v_alpha), (cw_seed, cw_value, cw_bits) = jax.lax.scan(
+        level, start, _bits_msb_first(alpha, n_bits))
+    cw_final = _signed(t1, _as_u64(seed1[0], seed1[1]) - _as_u64(seed0[0], seed0[1]) - v_alpha) & mask
+    common = dict(cw_seed=cw_seed, cw_value=cw_value, cw_bits=cw_bits, cw_final=cw_final)
+    return DcfKey(seed=roots[0], **common), DcfKey(seed=roots[1], **common)
+
+
+def dcf_eval(party: jax.Array | int, key: DcfKey, x: jax.Array, *, out_bits: int) -> jax.Array:
+    """Party b's share of f^<_{α,β}(x) mod 2^ℓ (BCG+21 Fig. 1, Eval).
+
+    Args:
+      party: 0 or 1 (may be traced: vmap over a party axis evaluates both keys at once).
+      key: that party's `DcfKey` for N elements; n is its number of levels.
+      x: uint64 (N,), read mod 2^n.
+    Returns:
+      uint64 (N,) in [0, 2^ℓ). Cost: n ChaCha blocks per element.
+    """
+    _check_widths(key.cw_seed.shape[0], out_bits)
+    return _eval(party, key, x, _low_mask(out_bits))
+
+
+@jax.jit
+def _eval(party, key, x, mask):
+    n_bits = key.cw_seed.shape[0]
+    party = jnp.asarray(party, U32)
+
+    def level(carry, cw):
+        seed, t, total = carry
+        cw_seed, cw_value, cw_bits, x_bit = cw
+        s_l, s_r, v_l, v_r, t_l, t_r = _expand(prg(tuple(seed)))
+        t_mask = U32(0) - t  # all ones where this party applies the correction
+        right = x_bit != 0
+        s_next = jnp.stack([jnp.where(right, r, l) ^ (c & t_mask) for l, r, c in zip(s_l, s_r, cw_seed)])
+        t_cw = jnp.where(right, cw_bits >> 1, cw_bits).astype(U32) & U32(1)
+        t_next = jnp.where(right, t_r, t_l) ^ (t & t_cw)
+        v = jnp.where(right, v_r, v_l) + jnp.where(t != 0, cw_value, U64(0))
+        return (s_next, t_next, total + _signed(party, v)), None
+
+    n = x.shape[0]
+    start = (key.seed, jnp.broadcast_to(party, (n,)), jnp.zeros(n, U64))
+    (seed, t, total), _ = jax.lax.scan(
+        level, start, (key.cw_seed, key.cw_value, key.cw_bits, _bits_msb_first(x, n_bits)))
+    last = _as_u64(seed[0], seed[1]) + jnp.where(t != 0, key.cw_final, U64(0))
+    return (total + _signed(party, last)) & mask
+
+
+# --- key sizes and the wire format -----------------------------------------------------------
+def key_bits(n_bits: int, out_bits: int) -> int:
+    """Bits of one party's key for one element: root seed + n·(λ + ℓ + 2) + ℓ."""
+    return LAMBDA_BITS * (n_bits + 1) + out_bits * (n_bits + 1) + 2 * n_bits
+
+
+def correction_bits(n_bits: int, out_bits: int) -> int:
+    """Bits of the correction words alone (what the dealer sends, to each party)."""
+    return key_bits(n_bits, out_bits) - LAMBDA_BITS
+
+
+def key_bytes(n_bits: int, out_bits: int) -> int:
+    """Bytes per element of `pack_key`: seeds as whole bytes, the other fields one bit
+    string."""
+    return (LAMBDA_BITS // 8) * (n_bits + 1) + -(-(out_bits * (n_bits + 1) + 2 * n_bits) // 8)
+
+
+def _bit_fields(key: DcfKey, out_bits: int) -> jax.Array:
+    """uint8 (N, ℓ·(n+1) + 2n) of 0/1: v_cw per level, CW_{n+1}, then t^L, t^R per level."""
+    values = jnp.concatenate([key.cw_value, key.cw_final[None]]).T  # (N, n+1)
+    value_bits = (values[..., None] >> jnp.arange(out_bits, dtype=U64)) & U64(1)  # (N, n+1, ℓ)
+    t_bits = (key.cw_bits.T[..., None] >> jnp.arange(2, dtype=jnp.uint8)) & 1  # (N, n, 2)
+    n = values.shape[0]
+    return jnp.concatenate([value_bits.reshape(n, -1).astype(jnp.uint8), t_bits.reshape(n, -1)], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("out_bits",))
+def pack_key(key: DcfKey, *, out_bits: int) -> jax.Array:
+    """A key as uint8 (N, `key_bytes(n, ℓ)`): the root seed and the n seed corrections
+    (16 bytes each, words little-endian), then the values and control bits as one
+    little-endian bit string, zero-padded to a byte."""
+    seeds = jnp.concatenate([key.seed[None], key.cw_seed])  # (n+1, 4, N)
+    seed_bytes = jax.lax.bitcast_convert_type(jnp.moveaxis(seeds, -1, 0), jnp.uint8)  # (N, n+1, 4, 4)
+    n = seed_bytes.shape[0]
+    rest = jnp.packbits(_bit_fields(key, out_bits), axis=1, bitorder="little")
+    return jnp.concatenate([seed_bytes.reshape(n, -1), rest], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("n_bits", "out_bits"))
+def unpack_key(packed: jax.Array, *, n_bits: int, out_bits: int) -> DcfKey:
+    """The inverse of `pack_key`."""
+    n = packed.shape[0]
+    seed_len = 16 * (n_bits + 1)
+    seeds = jax.lax.bitcast_convert_type(packed[:, :seed_len].reshape(n, n_bits + 1, 4, 4), U32)
+    seeds = jnp.moveaxis(seeds, 0, -1)  # (n+1, 4, N)
+    bits = jnp.unpackbits(packed[:, seed_len:], axis=1, bitorder="little")
+    value_bits = bits[:, :out_bits * (n_bits + 1)].reshape(n, n_bits + 1, out_bits).astype(U64)
+    values = jnp.sum(value_bits << jnp.arange(out_bits, dtype=U64), axis=-1, dtype=U64).T  # (n+1, N)
+    t_bits = bits[:, out_bits * (n_bits + 1):out_bits * (n_bits + 1) + 2 * n_bits].reshape(n, n_bits, 2)
+    cw_bits = (t_bits[..., 0] | (t_bits[..., 1] << 1)).T.astype(jnp.uint8)
+    return DcfKey(seed=seeds[0], cw_seed=seeds[1:], cw_value=values[:-1], cw_bits=cw_bits,
+                  cw_final=values[-1])
+
+
+# --- comparisons of a masked, opened value ----------------------------------------------------
+def lt_keygen(root_words: jax.Array, r: jax.Array, *, n_bits: int, out_bits: int) -> tuple[DcfKey, DcfKey]:
+    """Keys for `lt_from_opened` under the mask r (uint64 (N,), in [0, 2^n)): a DCF at
+    α = r, β = 1. Cost: 2n ChaCha blocks per element; `key_bytes(n, ℓ)` per key."""
+    r = jnp.asarray(r, U64)
+    return dcf_keygen(root_words, r, jnp.ones_like(r), n_bits=n_bits, out_bits=out_bits)
+
+
+def lt_from_opened(party: jax.Array | int, key: DcfKey, x_hat: jax.Array, threshold: jax.Array, *,
+                   out_bits: int, signed: bool = False) -> jax.Array:
+    """Party b's share (mod 2^ℓ) of 1{x < c} for x̂ = x + r mod 2^n and a public c (n: the
+    key's levels).
+
+    With w(z) = 1{z < r} — the DCF — every wrap is accounted for: as integers
+    x + r = x̂ + 2^n·w(x̂) and (x − c mod 2^n) + r = (x̂ − c mod 2^n) + 2^n·w(x̂ − c), hence
+
+        1{x < c} = w(x̂ − c mod 2^n) − w(x̂) + 1{x̂ < c}      (the last term public).
+
+    `signed`: x and c are n-bit two's complement; adding 2^(n−1) to both maps signed order
+    onto unsigned order, and to x̂ it is a public shift. One key serves any threshold (and
+    any number of them: w(x̂) is common). Cost: 2 evaluations, 2n ChaCha blocks per element.
+    """
+    n_bits = key.cw_seed.shape[0]
+    mask = _low_mask(n_bits)
+    x_hat = jnp.asarray(x_hat, U64) & mask
+    threshold = jnp.broadcast_to(jnp.asarray(threshold, U64) & mask, x_hat.shape)
+    if signed:
+        half = U64(1 << (n_bits - 1))
+        x_hat, threshold = (x_hat + half) & mask, (threshold + half) & mask
+    w_shifted = dcf_eval(party, key, (x_hat - threshold) & mask, out_bits=out_bits)
+    w_plain = dcf_eval(party, key, x_hat, out_bits=out_bits)
+    public = jnp.where(jnp.asarray(party) == 0, (x_hat < threshold).astype(U64), U64(0))
+    return (w_shifted - w_plain + public) & _low_mask(out_bits)
+
+
+class MsbKey(NamedTuple):
+    """One party's keys for `msb_from_opened` (a pytree)."""
+
+    dcf: DcfKey  # (n−1)-bit DCF at α = r mod 2^(n−1), β = 1 − 2·msb(r) mod 2^ℓ
+    msb_r: jax.Array  # uint64 (N,): this party's additive share of msb(r) mod 2^ℓ
+
+
+def msb_keygen(root_words: jax.Array, share_words: jax.Array, r: jax.Array, *, n_bits: int,
+               out_bits: int) -> tuple[MsbKey, MsbKey]:
+    """Keys for `msb_from_opened` under the mask r (uint64 (N,), in [0, 2^n)), n ≥ 2.
+
+    share_words: uint64 (N,) from party 0's stream, its share of msb(r); party 1's share is
+    the correction. Cost: 2(n−1) ChaCha blocks per element; `key_bytes(n − 1, ℓ)` + ℓ bits
+    per key (the ℓ bits of party 1's share travel only to party 1)."""
+    if not 2 <= n_bits <= 64:
+        raise ValueError(f"msb_keygen: n must be in [2, 64], got {n_bits}")
+    mask = _low_mask(out_bits)
+    r = jnp.asarray(r, U64) & _low_mask(n_bits)
+    r_msb = r >> U64(n_bits - 1)
+    low = r & _low_mask(n_bits - 1)
+    payload = (U64(1) - (r_msb << U64(1))) & mask  # 1, or −1 when msb(r) = 1
+    k0, k1 = dcf_keygen(root_words, low, payload, n_bits=n_bits - 1, out_bits=out_bits)
+    share0 = jnp.asarray(share_words, U64) & mask
+    return MsbKey(k0, share0), MsbKey(k1, (r_msb - share0) & mask)
+
+
+def msb_from_opened(party: jax.Array | int, key: MsbKey, x_hat: jax.Array, *, out_bits: int) -> jax.Array:
+    """Party b's share (mod 2^ℓ) of msb(x) — x < 0 for n-bit two's complement x — from
+    x̂ = x + r mod 2^n (SIGMA's DReLU; BCG+21 §4; n: the key's DCF levels + 1).
+
+    Adding r to x bit by bit, msb(x) = msb(x̂) ⊕ msb(r) ⊕ carry, and the carry out of the
+    low n − 1 bits is c = 1{x̂ mod 2^(n−1) < r mod 2^(n−1)}: the DCF. With a = msb(r) known
+    to the dealer, a ⊕ c = a + (1 − 2a)·c, whose shares are the shares of a plus the DCF at
+    β = 1 − 2a; then msb(x) = m + (1 − 2m)·(a ⊕ c) for the public m = msb(x̂). Exact for
+    every x and r. Cost: 1 evaluation, n − 1 ChaCha blocks per element.
+    """
+    n_bits = key.dcf.cw_seed.shape[0] + 1
+    x_hat = jnp.asarray(x_hat, U64) & _low_mask(n_bits)
+    m = x_hat >> U64(n_bits - 1)
+    carry = dcf_eval(party, key.dcf, x_hat & _low_mask(n_bits - 1), out_bits=out_bits)
+    a_xor_c = key.msb_r + carry
+    public = jnp.where(jnp.asarray(party) == 0, m, U64(0))
+    return (_signed(m, a_xor_c) + public) & _low_mask(out_bits)
+
+
+def drelu_from_opened(party: jax.Array | int, key: MsbKey, x_hat: jax.Array, *, out_bits: int) -> jax.Array:
+    """Party b's share of DReLU(x) = 1{x ≥ 0} = 1 − msb(x) (n-bit two's complement).
+    Cost: as `msb_from_opened`."""
+    one = jnp.where(jnp.asarray(party) == 0, U64(1), U64(0))
+    return (one - msb_from_opened(party, key, x_hat, out_bits=out_bits)) & _low_mask(out_bits)
