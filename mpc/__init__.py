@@ -5,6 +5,8 @@ Layers, bottom up (none reaches sideways):
   fixed     fixed-point encode/decode
   shares    Shared (arithmetic) and XorShared (boolean) tensors; local operations
   prg       AES-CTR streams (the dealer's cryptographic randomness)
+  dcf       distributed comparison functions (BCG+21) on a ChaCha20 PRG: key generation,
+            evaluation, key packing, comparisons of an opened x + r (pure functions)
   ledger    bytes/rounds per op; network model
   channel   every message between parties goes through it and is counted there
   dealer    correlated randomness (triples, masks, truncation pairs, AND triples)

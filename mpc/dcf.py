@@ -2,14 +2,17 @@
 give for an opened masked value — pure, jit-compiled functions with no channel or dealer.
 
 **PRG.** G: {0,1}^128 -> {0,1}^512 is one ChaCha20 block under the seed as a 128-bit key,
-in the key-size variant of ChaCha's designer ("expand 16-byte k" constants, the 16-byte key
-in both key slots; the RFC 8439 block function is `chacha20_block`), at block counter 0
-and a fixed 96-bit nonce that names this use ("pspec-DCF-G1"). ChaCha20 is assumed to be
-a PRF of its key; a PRF evaluated at one fixed public input under a uniform secret key is
-a PRG, and every seed of a DCF tree is uniform or pseudorandom and used once as a key.
+in the 128-bit-key mode of ChaCha's designer (Bernstein, "ChaCha, a variant of Salsa20",
+2008, after Salsa20's 16-byte keys: constants "expand 16-byte k", the 16-byte key in both
+key slots; the RFC 8439 block function, 256-bit keys, is `chacha20_block`), at block
+counter 0 and a fixed 96-bit nonce that names this use ("pspec-DCF-G1"). ChaCha20 is
+assumed to be a PRF of its key; a PRF evaluated at one fixed public input under a
+uniform secret key is a PRG, and every seed in a DCF tree is uniform or pseudorandom and
+keys one block only. 128-bit seeds: λ = 128, as in BCG+21 and SIGMA (AES-128 there).
 On uint32 lanes (the 16 state words are 16 arrays over the batch) with the 10 double
 rounds in a `fori_loop` (unrolled, XLA takes ~20 s to compile them and runs no faster):
-~0.3 µs per block on one CPU core here. JAX's threefry is not used anywhere.
+0.2–0.45 µs per block on this 2-core CPU (XLA splits a double round into ~60 fusions;
+a hand-written kernel could be several times faster). JAX's threefry is not used.
 
 Output layout of G(s), in words: 0–3 s^L, 4–7 s^R, 8–9 v^L, 10–11 v^R (uint64, low word
 first), bit 0 of word 12 t^L, bit 0 of word 13 t^R; words 14–15 are unused.
@@ -49,6 +52,10 @@ it shows nothing), and each evaluates its key locally — no further rounds:
   `signed=True`), from a DCF at α = r, β = 1 evaluated at x̂ and at x̂ − c (2 evals).
 * `msb_from_opened` / `drelu_from_opened`: the sign of an n-bit two's complement x (SIGMA's
   DReLU), from one (n−1)-bit DCF plus a share of msb(r) (1 eval of n − 1 levels).
+x is the low n bits of a value shared mod 2^64 (both parties reduce their shares of x + r
+mod 2^n before opening): exact whenever the value fits n bits, for every r. An interval
+1{c ≤ x < d} = lt(d) − lt(c) needs 2 evaluations (w(x̂) cancels); k thresholds on one x
+(a spline's pieces) need k + 1.
 """
 
 from __future__ import annotations
@@ -63,7 +70,6 @@ import numpy as np
 U32 = jnp.uint32
 U64 = jnp.uint64
 LAMBDA_BITS = 128  # seed length λ
-SEED_WORDS = LAMBDA_BITS // 32
 
 
 def _words_le(text: bytes) -> tuple[int, ...]:
@@ -152,6 +158,10 @@ def _signed(negate: jax.Array, value: jax.Array) -> jax.Array:
     return jnp.where(negate != 0, U64(0) - value, value)
 
 
+def _where_words(cond: jax.Array, a: tuple, b: tuple) -> tuple:
+    return tuple(jnp.where(cond, x, y) for x, y in zip(a, b))
+
+
 def _expand(words: tuple) -> tuple:
     """G(s) parsed: (s^L, s^R) as 4-tuples of uint32, (v^L, v^R) uint64, (t^L, t^R) uint32
     bits."""
@@ -202,27 +212,28 @@ def _keygen(root_words, alpha, beta, mask, *, n_bits):
     n = beta.shape[0]
     roots = (_seed_words(root_words[0]), _seed_words(root_words[1]))  # 2 × (4, N)
 
-    def level(carry, alpha_bit):
-        seed0, seed1, t0, t1, v_alpha = carry
-        words = prg(tuple(jnp.concatenate([seed0, seed1], axis=1)))  # lanes: party 0's N, then party 1's
-        halves = (_expand(tuple(w[:n] for w in words)), _expand(tuple(w[n:] for w in words)))
-        s_l, s_r, v_l, v_r, t_l, t_r = zip(*halves)  # each a pair: (party 0's, party 1's)
-        right = alpha_bit != 0  # keep the branch α takes, lose the other
-        pick = lambda cond, a, b: tuple(jnp.where(cond, x, y) for x, y in zip(a, b))  # noqa: E731
-        s_keep = [pick(right, s_r[b], s_l[b]) for b in (0, 1)]
-        s_lose = [pick(right, s_l[b], s_r[b]) for b in (0, 1)]
+    def level(carry, alpha_bit):  # Fig. 1, steps 6–16 for one level i, α_i = alpha_bit
+        seed0, seed1, t0, t1, v_alpha = carry  # v_alpha: V_α, the running sum along α's path
+        trees = (_expand(prg(tuple(seed0))), _expand(prg(tuple(seed1))))
+        s_l, s_r, v_l, v_r, t_l, t_r = zip(*trees)  # each a pair: (party 0's, party 1's)
+        right = alpha_bit != 0  # Keep = the branch α takes (R if α_i = 1), Lose = the other
+        s_keep = [_where_words(right, s_r[b], s_l[b]) for b in (0, 1)]
+        s_lose = [_where_words(right, s_l[b], s_r[b]) for b in (0, 1)]
         v_keep = [jnp.where(right, v_r[b], v_l[b]) for b in (0, 1)]
         v_lose = [jnp.where(right, v_l[b], v_r[b]) for b in (0, 1)]
-        s_cw = tuple(a ^ b for a, b in zip(s_lose[0], s_lose[1]))
-        # Losing the left branch (α_i = 1) means x < α there: that branch's sum is β.
+        s_cw = tuple(a ^ b for a, b in zip(s_lose[0], s_lose[1]))  # equal seeds below Lose
+        # V_cw zeroes the sum where x leaves α's path; leaving to the left (Lose = L, i.e.
+        # α_i = 1) means x < α, so there the sum is β instead.
         payload = jnp.where(right, beta, U64(0))
         v_cw = _signed(t1, v_lose[1] - v_lose[0] - v_alpha + payload) & mask
         v_alpha = v_alpha - v_keep[1] + v_keep[0] + _signed(t1, v_cw)
+        # Control bits: still different under Keep, equal under Lose.
         t_cw_l = t_l[0] ^ t_l[1] ^ alpha_bit ^ U32(1)
         t_cw_r = t_r[0] ^ t_r[1] ^ alpha_bit
         t_cw_keep = jnp.where(right, t_cw_r, t_cw_l)
         t_keep = [jnp.where(right, t_r[b], t_l[b]) for b in (0, 1)]
-        seeds = [jnp.stack([w ^ (s & (U32(0) - t)) for w, s in zip(s_keep[b], s_cw)])
+        # Step 15–16: a party corrects its child iff its control bit is set.
+        seeds = [jnp.stack([w ^ (c & (U32(0) - t)) for w, c in zip(s_keep[b], s_cw)])
                  for b, t in ((0, t0), (1, t1))]
         ts = [t_keep[0] ^ (t0 & t_cw_keep), t_keep[1] ^ (t1 & t_cw_keep)]
         out = (jnp.stack(s_cw), v_cw, (t_cw_l | (t_cw_r << U32(1))).astype(jnp.uint8))
@@ -231,6 +242,7 @@ def _keygen(root_words, alpha, beta, mask, *, n_bits):
     start = (roots[0], roots[1], jnp.zeros(n, U32), jnp.ones(n, U32), jnp.zeros(n, U64))
     (seed0, seed1, _, t1, v_alpha), (cw_seed, cw_value, cw_bits) = jax.lax.scan(
         level, start, _bits_msb_first(alpha, n_bits))
+    # Step 18: CW_{n+1} zeroes the sum at x = α (Convert(s) = the seed's low 64 bits mod 2^ℓ).
     cw_final = _signed(t1, _as_u64(seed1[0], seed1[1]) - _as_u64(seed0[0], seed0[1]) - v_alpha) & mask
     common = dict(cw_seed=cw_seed, cw_value=cw_value, cw_bits=cw_bits, cw_final=cw_final)
     return DcfKey(seed=roots[0], **common), DcfKey(seed=roots[1], **common)

@@ -215,6 +215,7 @@ def _masks_and_inputs(rng, n_bits: int, count: int):
         for xv in ((-int(rv) - 1) & int(top), -int(rv) & int(top), int(top)):
             r[at], x[at] = rv, xv
             at += 1
+    r, x = r & top, x & top  # at n ≤ 2 some of the values above coincide or overflow
     return r, x, (x + r) & top
 
 
