@@ -33,7 +33,8 @@ CW_{n+1} ∈ Z_{2^ℓ}.
 Key size per element, λ = 128: one key holds λ·(n+1) + ℓ·(n+1) + 2n bits (`key_bits`);
 the correction words alone, λ·n + ℓ·(n+1) + 2n bits (`correction_bits`) — a party can
 draw its root seed from its own dealer stream, so only the correction words travel, the
-same ones to both parties. `pack_key` writes a key in 16·(n+1) + ⌈(ℓ·(n+1) + 2n)/8⌉ bytes
+same ones to both parties (as uint64 words: `pack_corrections`, `correction_words` per
+element). `pack_key` writes a key in 16·(n+1) + ⌈(ℓ·(n+1) + 2n)/8⌉ bytes
 (`key_bytes`): e.g. n = 16, ℓ = 1: 279 bytes; n = 64, ℓ = 64: 1,576 bytes.
 
 Security (semi-honest, one party's view): each key alone is computationally
@@ -51,7 +52,7 @@ it shows nothing), and each evaluates its key locally — no further rounds:
 * `lt_from_opened`: 1{x < c} for a public c (unsigned, or two's complement with
   `signed=True`), from a DCF at α = r, β = 1 evaluated at x̂ and at x̂ − c (2 evals).
 * `msb_from_opened` / `drelu_from_opened`: the sign of an n-bit two's complement x (SIGMA's
-  DReLU), from one (n−1)-bit DCF plus a share of msb(r) (1 eval of n − 1 levels).
+  DReLU), from one (n−1)-bit DCF whose offset carries msb(r) (1 eval of n − 1 levels).
 x is the low n bits of a value shared mod 2^64 (both parties reduce their shares of x + r
 mod 2^n before opening): exact whenever the value fits n bits, for every r. An interval
 1{c ≤ x < d} = lt(d) − lt(c) needs 2 evaluations (w(x̂) cancels); k thresholds on one x
@@ -189,25 +190,34 @@ def _seed_words(root_words: jax.Array) -> jax.Array:
 
 
 def dcf_keygen(root_words: jax.Array, alpha: jax.Array, beta: jax.Array, *, n_bits: int,
-               out_bits: int) -> tuple[DcfKey, DcfKey]:
-    """DCF keys for f^<_{α,β} (BCG+21 Fig. 1), one pair per element.
+               out_bits: int, offset: jax.Array | None = None) -> tuple[DcfKey, DcfKey]:
+    """DCF keys for f^<_{α,β} (BCG+21 Fig. 1), one pair per element; with `offset` γ, for
+    f(x) = β·1{x < α} + γ.
+
+    The offset rides on the value corrections: where x leaves α's path the level's v_cw
+    sets the running sum to β + γ (left) or γ (right) instead of β or 0, and CW_{n+1} sets
+    it to γ at x = α. The correction words stay masked by the other tree's pseudorandom
+    values, so the keys hide γ as they hide β (same proof, any payload).
 
     Args:
       root_words: uint64 (2, N, 2): party b's root seed per element as two words; draw
         row b from party b's dealer stream and the party can derive its own seed.
       alpha: uint64 (N,) in [0, 2^n). beta: uint64 (N,), taken mod 2^ℓ.
       n_bits: n, input width (1..64). out_bits: ℓ, output group Z_{2^ℓ} (1..64).
+      offset: uint64 (N,) or None (0), taken mod 2^ℓ.
     Returns:
       (key of party 0, key of party 1). Cost: 2n ChaCha blocks per element.
     """
     _check_widths(n_bits, out_bits)
-    return _keygen(root_words, alpha, beta, _low_mask(out_bits), n_bits=n_bits)
+    beta = jnp.asarray(beta, U64)
+    offset = jnp.zeros_like(beta) if offset is None else jnp.broadcast_to(jnp.asarray(offset, U64), beta.shape)
+    return _keygen(root_words, alpha, beta, offset, _low_mask(out_bits), n_bits=n_bits)
 
 
 # ℓ enters the compiled programs as an operand (its mask), not as a static argument: one
 # compilation serves every output width.
 @functools.partial(jax.jit, static_argnames=("n_bits",))
-def _keygen(root_words, alpha, beta, mask, *, n_bits):
+def _keygen(root_words, alpha, beta, offset, mask, *, n_bits):
     beta = jnp.asarray(beta, U64) & mask
     n = beta.shape[0]
     roots = (_seed_words(root_words[0]), _seed_words(root_words[1]))  # 2 × (4, N)
@@ -222,9 +232,9 @@ def _keygen(root_words, alpha, beta, mask, *, n_bits):
         v_keep = [jnp.where(right, v_r[b], v_l[b]) for b in (0, 1)]
         v_lose = [jnp.where(right, v_l[b], v_r[b]) for b in (0, 1)]
         s_cw = tuple(a ^ b for a, b in zip(s_lose[0], s_lose[1]))  # equal seeds below Lose
-        # V_cw zeroes the sum where x leaves α's path; leaving to the left (Lose = L, i.e.
-        # α_i = 1) means x < α, so there the sum is β instead.
-        payload = jnp.where(right, beta, U64(0))
+        # V_cw sets the sum to γ where x leaves α's path; leaving to the left (Lose = L,
+        # i.e. α_i = 1) means x < α, so there the sum is β + γ instead.
+        payload = jnp.where(right, beta, U64(0)) + offset
         v_cw = _signed(t1, v_lose[1] - v_lose[0] - v_alpha + payload) & mask
         v_alpha = v_alpha - v_keep[1] + v_keep[0] + _signed(t1, v_cw)
         # Control bits: still different under Keep, equal under Lose.
@@ -242,8 +252,8 @@ def _keygen(root_words, alpha, beta, mask, *, n_bits):
     start = (roots[0], roots[1], jnp.zeros(n, U32), jnp.ones(n, U32), jnp.zeros(n, U64))
     (seed0, seed1, _, t1, v_alpha), (cw_seed, cw_value, cw_bits) = jax.lax.scan(
         level, start, _bits_msb_first(alpha, n_bits))
-    # Step 18: CW_{n+1} zeroes the sum at x = α (Convert(s) = the seed's low 64 bits mod 2^ℓ).
-    cw_final = _signed(t1, _as_u64(seed1[0], seed1[1]) - _as_u64(seed0[0], seed0[1]) - v_alpha) & mask
+    # Step 18: CW_{n+1} sets the sum at x = α to γ (Convert(s) = the seed's low 64 bits mod 2^ℓ).
+    cw_final = _signed(t1, _as_u64(seed1[0], seed1[1]) - _as_u64(seed0[0], seed0[1]) - v_alpha + offset) & mask
     common = dict(cw_seed=cw_seed, cw_value=cw_value, cw_bits=cw_bits, cw_final=cw_final)
     return DcfKey(seed=roots[0], **common), DcfKey(seed=roots[1], **common)
 
@@ -333,12 +343,62 @@ def unpack_key(packed: jax.Array, *, n_bits: int, out_bits: int) -> DcfKey:
     seeds = jax.lax.bitcast_convert_type(packed[:, :seed_len].reshape(n, n_bits + 1, 4, 4), U32)
     seeds = jnp.moveaxis(seeds, 0, -1)  # (n+1, 4, N)
     bits = jnp.unpackbits(packed[:, seed_len:], axis=1, bitorder="little")
+    cw_value, cw_bits, cw_final = _parse_bit_fields(bits, n_bits, out_bits)
+    return DcfKey(seed=seeds[0], cw_seed=seeds[1:], cw_value=cw_value, cw_bits=cw_bits, cw_final=cw_final)
+
+
+def correction_words(n_bits: int, out_bits: int) -> int:
+    """uint64 words per element of `pack_corrections`: 2 per seed correction, then the
+    values and control bits, ℓ·(n+1) + 2n bits, in whole words. What the dealer sends
+    (the same words to both parties) when each party draws its root seed itself; e.g.
+    n = 15, ℓ = 1 (msb of 16-bit values): 31 words, 248 bytes (`correction_bits`:
+    245.75 bytes)."""
+    return 2 * n_bits + -(-(out_bits * (n_bits + 1) + 2 * n_bits) // 64)
+
+
+def _parse_bit_fields(bits: jax.Array, n_bits: int, out_bits: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(cw_value (n, N), cw_bits (n, N), cw_final (N,)) from the 0/1 fields of `_bit_fields`."""
+    n = bits.shape[0]
     value_bits = bits[:, :out_bits * (n_bits + 1)].reshape(n, n_bits + 1, out_bits).astype(U64)
     values = jnp.sum(value_bits << jnp.arange(out_bits, dtype=U64), axis=-1, dtype=U64).T  # (n+1, N)
     t_bits = bits[:, out_bits * (n_bits + 1):out_bits * (n_bits + 1) + 2 * n_bits].reshape(n, n_bits, 2)
     cw_bits = (t_bits[..., 0] | (t_bits[..., 1] << 1)).T.astype(jnp.uint8)
-    return DcfKey(seed=seeds[0], cw_seed=seeds[1:], cw_value=values[:-1], cw_bits=cw_bits,
-                  cw_final=values[-1])
+    return values[:-1], cw_bits, values[-1]
+
+
+def pack_corrections(key: DcfKey, *, out_bits: int) -> jax.Array:
+    """A key's correction words (no root seed) as uint64 (N, `correction_words(n, ℓ)`):
+    the n seed corrections (2 words each, low 32-bit half first), then the `_bit_fields`
+    bit string little-endian over whole words, zero-padded."""
+    n_bits, _, n = key.cw_seed.shape
+    seeds = key.cw_seed.astype(U64)  # (n_bits, 4, N)
+    seed_words = jnp.stack([seeds[:, 0] | (seeds[:, 1] << U64(32)), seeds[:, 2] | (seeds[:, 3] << U64(32))],
+                           axis=1).reshape(2 * n_bits, n).T  # (N, 2n)
+    fields = _bit_fields(key, out_bits)  # (N, B)
+    width = correction_words(n_bits, out_bits) - 2 * n_bits
+    fields = jnp.pad(fields, ((0, 0), (0, 64 * width - fields.shape[1]))).reshape(n, width, 64).astype(U64)
+    rest = jnp.sum(fields << jnp.arange(64, dtype=U64), axis=-1, dtype=U64)  # (N, width)
+    return jnp.concatenate([seed_words, rest], axis=1)
+
+
+def unpack_corrections(words: jax.Array, seed: jax.Array, *, n_bits: int, out_bits: int) -> DcfKey:
+    """The key of `pack_corrections`' words (N, W) and a party's own root seed (uint32
+    (4, N), `seed_words` of its dealer words)."""
+    words = jnp.asarray(words, U64)
+    n = words.shape[0]
+    seeds = words[:, :2 * n_bits].T.reshape(n_bits, 2, n)
+    cw_seed = jnp.stack([seeds[:, 0], seeds[:, 0] >> U64(32), seeds[:, 1], seeds[:, 1] >> U64(32)],
+                        axis=1).astype(U32)  # (n, 4, N)
+    rest = words[:, 2 * n_bits:]
+    bits = ((rest[..., None] >> jnp.arange(64, dtype=U64)) & U64(1)).reshape(n, -1).astype(jnp.uint8)
+    cw_value, cw_bits, cw_final = _parse_bit_fields(bits, n_bits, out_bits)
+    return DcfKey(seed=jnp.asarray(seed, U32), cw_seed=cw_seed, cw_value=cw_value, cw_bits=cw_bits,
+                  cw_final=cw_final)
+
+
+def seed_words(root_words: jax.Array) -> jax.Array:
+    """A root seed drawn as uint64 (N, 2) words, as the uint32 (4, N) a `DcfKey` holds."""
+    return _seed_words(root_words)
 
 
 # --- comparisons of a masked, opened value ----------------------------------------------------
@@ -376,20 +436,12 @@ def lt_from_opened(party: jax.Array | int, key: DcfKey, x_hat: jax.Array, thresh
     return (w_shifted - w_plain + public) & _low_mask(out_bits)
 
 
-class MsbKey(NamedTuple):
-    """One party's keys for `msb_from_opened` (a pytree)."""
-
-    dcf: DcfKey  # (n−1)-bit DCF at α = r mod 2^(n−1), β = 1 − 2·msb(r) mod 2^ℓ
-    msb_r: jax.Array  # uint64 (N,): this party's additive share of msb(r) mod 2^ℓ
-
-
-def msb_keygen(root_words: jax.Array, share_words: jax.Array, r: jax.Array, *, n_bits: int,
-               out_bits: int) -> tuple[MsbKey, MsbKey]:
-    """Keys for `msb_from_opened` under the mask r (uint64 (N,), in [0, 2^n)), n ≥ 2.
-
-    share_words: uint64 (N,) from party 0's stream, its share of msb(r); party 1's share is
-    the correction. Cost: 2(n−1) ChaCha blocks per element; `key_bytes(n − 1, ℓ)` + ℓ bits
-    per key (the ℓ bits of party 1's share travel only to party 1)."""
+def msb_keygen(root_words: jax.Array, r: jax.Array, *, n_bits: int, out_bits: int) -> tuple[DcfKey, DcfKey]:
+    """Keys for `msb_from_opened` under the mask r (uint64 (N,), in [0, 2^n)), n ≥ 2: an
+    (n−1)-bit DCF at α = r mod 2^(n−1), β = 1 − 2a, offset γ = a for a = msb(r), so that
+    it evaluates to a ⊕ 1{z < α} = a + (1 − 2a)·1{z < α} mod 2^ℓ. Folding a into the
+    DCF leaves no party-specific part: the correction words are the same for both
+    parties. Cost: 2(n−1) ChaCha blocks per element; `key_bytes(n − 1, ℓ)` per key."""
     if not 2 <= n_bits <= 64:
         raise ValueError(f"msb_keygen: n must be in [2, 64], got {n_bits}")
     mask = _low_mask(out_bits)
@@ -397,31 +449,28 @@ def msb_keygen(root_words: jax.Array, share_words: jax.Array, r: jax.Array, *, n
     r_msb = r >> U64(n_bits - 1)
     low = r & _low_mask(n_bits - 1)
     payload = (U64(1) - (r_msb << U64(1))) & mask  # 1, or −1 when msb(r) = 1
-    k0, k1 = dcf_keygen(root_words, low, payload, n_bits=n_bits - 1, out_bits=out_bits)
-    share0 = jnp.asarray(share_words, U64) & mask
-    return MsbKey(k0, share0), MsbKey(k1, (r_msb - share0) & mask)
+    return dcf_keygen(root_words, low, payload, n_bits=n_bits - 1, out_bits=out_bits, offset=r_msb)
 
 
-def msb_from_opened(party: jax.Array | int, key: MsbKey, x_hat: jax.Array, *, out_bits: int) -> jax.Array:
+def msb_from_opened(party: jax.Array | int, key: DcfKey, x_hat: jax.Array, *, out_bits: int) -> jax.Array:
     """Party b's share (mod 2^ℓ) of msb(x) — x < 0 for n-bit two's complement x — from
     x̂ = x + r mod 2^n (SIGMA's DReLU; BCG+21 §4; n: the key's DCF levels + 1).
 
     Adding r to x bit by bit, msb(x) = msb(x̂) ⊕ msb(r) ⊕ carry, and the carry out of the
-    low n − 1 bits is c = 1{x̂ mod 2^(n−1) < r mod 2^(n−1)}: the DCF. With a = msb(r) known
-    to the dealer, a ⊕ c = a + (1 − 2a)·c, whose shares are the shares of a plus the DCF at
-    β = 1 − 2a; then msb(x) = m + (1 − 2m)·(a ⊕ c) for the public m = msb(x̂). Exact for
+    low n − 1 bits is c = 1{x̂ mod 2^(n−1) < r mod 2^(n−1)}: the DCF of `msb_keygen`,
+    which gives shares of a ⊕ c for a = msb(r); then msb(x) = m + (1 − 2m)·(a ⊕ c) for
+    the public m = msb(x̂). With ℓ = 1 the shares are XOR shares of the bit. Exact for
     every x and r. Cost: 1 evaluation, n − 1 ChaCha blocks per element.
     """
-    n_bits = key.dcf.cw_seed.shape[0] + 1
+    n_bits = key.cw_seed.shape[0] + 1
     x_hat = jnp.asarray(x_hat, U64) & _low_mask(n_bits)
     m = x_hat >> U64(n_bits - 1)
-    carry = dcf_eval(party, key.dcf, x_hat & _low_mask(n_bits - 1), out_bits=out_bits)
-    a_xor_c = key.msb_r + carry
+    a_xor_c = dcf_eval(party, key, x_hat & _low_mask(n_bits - 1), out_bits=out_bits)
     public = jnp.where(jnp.asarray(party) == 0, m, U64(0))
     return (_signed(m, a_xor_c) + public) & _low_mask(out_bits)
 
 
-def drelu_from_opened(party: jax.Array | int, key: MsbKey, x_hat: jax.Array, *, out_bits: int) -> jax.Array:
+def drelu_from_opened(party: jax.Array | int, key: DcfKey, x_hat: jax.Array, *, out_bits: int) -> jax.Array:
     """Party b's share of DReLU(x) = 1{x ≥ 0} = 1 − msb(x) (n-bit two's complement).
     Cost: as `msb_from_opened`."""
     one = jnp.where(jnp.asarray(party) == 0, U64(1), U64(0))

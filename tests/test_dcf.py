@@ -120,6 +120,21 @@ def test_dcf_random_and_boundary_inputs(n_bits, out_bits):
                                       np.where(x < alpha, beta, 0))
 
 
+@pytest.mark.parametrize("n_bits,out_bits", [(8, 1), (16, 64)])
+def test_dcf_offset(n_bits, out_bits):
+    """f(x) = β·1{x < α} + γ at α, α ± 1, the ends and random x."""
+    rng = np.random.default_rng(7 * n_bits + out_bits)
+    top = _mask(n_bits)
+    alpha, beta, gamma = _uniform(rng, n_bits, N), _uniform(rng, out_bits, N), _uniform(rng, out_bits, N)
+    alpha[:2] = [0, top]
+    keys = dcf.dcf_keygen(_root_words(N, request=5), alpha, beta, n_bits=n_bits, out_bits=out_bits, offset=gamma)
+    one = np.uint64(1)
+    for x in [alpha, (alpha - one) & top, (alpha + one) & top, np.zeros_like(alpha), np.full_like(alpha, top),
+              _uniform(rng, n_bits, N)]:
+        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, x, out_bits=out_bits),
+                                      (np.where(x < alpha, beta, 0) + gamma) & _mask(out_bits))
+
+
 def test_dcf_party_may_be_traced():
     """Both keys evaluated in one program, the party axis vmapped (the simulation's way)."""
     rng = np.random.default_rng(9)
@@ -241,7 +256,9 @@ def test_lt_from_opened_unsigned_and_signed(n_bits, out_bits):
 def test_msb_and_drelu_from_opened(n_bits, out_bits):
     rng = np.random.default_rng(3 * n_bits + out_bits)
     r, x, x_hat = _masks_and_inputs(rng, n_bits, N)
-    keys = dcf.msb_keygen(_root_words(N, request=30), _uniform(rng, 64, N), r, n_bits=n_bits, out_bits=out_bits)
+    keys = dcf.msb_keygen(_root_words(N, request=30), r, n_bits=n_bits, out_bits=out_bits)
+    for a, b in zip(keys[0][1:], keys[1][1:]):  # msb(r) folded in: the correction words are common
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     negative = (np.array(_signed(x, n_bits)) < 0).astype(np.uint64)
     np.testing.assert_array_equal(_reconstruct(dcf.msb_from_opened, keys, x_hat, out_bits=out_bits), negative)
     np.testing.assert_array_equal(_reconstruct(dcf.drelu_from_opened, keys, x_hat, out_bits=out_bits), 1 - negative)
@@ -251,7 +268,7 @@ def test_comparisons_exhaustive_over_9_and_8_bits():
     """msb over every x of 9 bits under 256 masks (r = 0..255 and their top-bit twins);
     lt over every (x, r) of 8 bits for thresholds at and around the boundaries."""
     r = np.arange(N, dtype=np.uint64) | (np.arange(N, dtype=np.uint64) & np.uint64(1)) << np.uint64(8)
-    keys = dcf.msb_keygen(_root_words(N, request=40), np.arange(N, dtype=np.uint64), r, n_bits=9, out_bits=8)
+    keys = dcf.msb_keygen(_root_words(N, request=40), r, n_bits=9, out_bits=8)
     msb = jax.jit(lambda x_hat: _reconstruct(dcf.msb_from_opened, keys, x_hat, out_bits=8, on=jnp))
     for x in range(512):
         got = np.asarray(msb((np.uint64(x) + r) & _mask(9)))
@@ -296,6 +313,24 @@ def test_key_size_and_pack_round_trip(n_bits, out_bits):
     np.testing.assert_array_equal(np.asarray(shares[0] + shares[1]) & _mask(out_bits), np.where(x < alpha, beta, 0))
 
 
+@pytest.mark.parametrize("n_bits,out_bits", [(15, 1), (63, 1), (8, 16)])
+def test_correction_words_round_trip(n_bits, out_bits):
+    """The dealer's uint64 wire form of the correction words, plus a party's own root
+    seed, gives back that party's key."""
+    rng = np.random.default_rng(n_bits + 1000)
+    roots = _root_words(N, request=60)
+    keys = dcf.dcf_keygen(roots, _uniform(rng, n_bits, N), _uniform(rng, out_bits, N), n_bits=n_bits,
+                          out_bits=out_bits)
+    words = dcf.pack_corrections(keys[0], out_bits=out_bits)
+    assert words.shape == (N, dcf.correction_words(n_bits, out_bits)) and words.dtype == jnp.uint64
+    assert 64 * (dcf.correction_words(n_bits, out_bits) - 1) < dcf.correction_bits(n_bits, out_bits) + 63
+    for p, key in enumerate(keys):
+        back = dcf.unpack_corrections(words, dcf.seed_words(roots[p]), n_bits=n_bits, out_bits=out_bits)
+        for a, b in zip(back, key):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_key_sizes_documented_examples():
+    assert dcf.correction_words(15, 1) == 31 and dcf.correction_words(63, 1) == 129
     assert dcf.key_bytes(16, 1) == 279 and dcf.key_bytes(64, 64) == 1576
     assert dcf.key_bits(16, 1) == 2225
