@@ -37,8 +37,10 @@ randomness and two requests never share a nonce.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import threading
 from typing import Callable, Sequence
 
 import jax
@@ -665,21 +667,26 @@ class CorrectionMaker:
 
     Weight masks named by handles are rebuilt from the server's key once and kept (the
     dealer holds every weight's mask for the session, |W| words each); cached operands'
-    masks are rebuilt from their row descriptors on every request.
+    masks are rebuilt from their row descriptors on every request. A correction with
+    several receivers (a DCF's common correction words) is made once: the first party to
+    ask computes it, the other gets the same words (thread-safe; the dealer process
+    serves each party's link in its own thread).
     """
 
     def __init__(self, keys: dict, compiled: bool = True, programs: dict | None = None) -> None:
         """`compiled=False`: run each correction eagerly, op by op (`jax.disable_jit`) — for
         a maker called from inside another compiled program's host callback (in-process
         tests), where compiling and running a nested program can deadlock on the one CPU
-        device (its execution threads are the ones blocked in the callbacks). `programs`: compiled
-        corrections by request signature, shared by the sessions of a dealer process (they
-        depend on the request's public description only), so a session compiles only the
-        signatures no earlier one used."""
+        device (its execution threads are the ones blocked in the callbacks). `programs`:
+        compiled corrections by request signature, shared by the sessions of a dealer
+        process (they depend on the request's public description only), so a session
+        compiles only the signatures no earlier one used."""
         self.keys = {CLIENT: keys[CLIENT], SERVER: keys[SERVER]}
         self.compiled = compiled
         self._weight_masks: dict[tuple, np.ndarray] = {}
         self._programs: dict[Request, Callable] = {} if programs is None else programs
+        self._shared: dict[tuple[int, Request], concurrent.futures.Future] = {}  # made, not yet fetched twice
+        self._lock = threading.Lock()
 
     def _words(self, party: int, nonce: int, n: int) -> np.ndarray:
         return request_words(self.keys[party], nonce, n)
@@ -696,6 +703,23 @@ class CorrectionMaker:
         kind = KINDS[req.kind]
         if kind.correct is None:
             raise ValueError(f"dealer: {req.kind} has no correction")
+        if len(kind.receivers) == 1:
+            return self._make(nonce, req, handles)
+        with self._lock:  # the first receiver makes it, the second takes it
+            made = self._shared.pop((nonce, req), None)
+            first = made is None
+            if first:
+                made = self._shared[(nonce, req)] = concurrent.futures.Future()
+        if first:
+            try:
+                made.set_result(self._make(nonce, req, handles))
+            except BaseException as err:
+                made.set_exception(err)
+                raise
+        return made.result()
+
+    def _make(self, nonce: int, req: Request, handles: Sequence[np.ndarray]) -> np.ndarray:
+        kind = KINDS[req.kind]
         n0, n1 = kind.words(req)
         w0, w1 = self._words(CLIENT, nonce, n0), self._words(SERVER, nonce, n1)
         extra = None

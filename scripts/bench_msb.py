@@ -42,10 +42,12 @@ def _split_seconds(bits: int, count: int, repeats: int) -> tuple[float, float]:
 
 def bench(bits: int, count: int, repeats: int) -> list[dict]:
     rows = []
-    x = np.random.default_rng(bits).normal(size=count) * 100
+    # ring values spread over the whole n-bit range (every one exact at n bits)
+    x = np.random.default_rng(bits).integers(-2**(bits - 1), 2**(bits - 1) - 1, count, dtype=np.int64,
+                                             endpoint=True)
     for name in mpc.context.COMPARISONS:
         ctx = mpc.Context(mpc.MPCConfig(comparison=name), seed=b"bench-msb")
-        xs = ctx.share(x)
+        xs = ctx.share_ring(x.astype(np.uint64))
         f = mpc.secure_jit(lambda c, v, *, n: NL.msb_bits(c, v, n))
         seconds = median_seconds(lambda: f(ctx, xs, n=bits), repeats)
         mark = ctx.ledger.snapshot()

@@ -171,3 +171,35 @@ def test_silu_with_dcf_matches_kogge_stone_in_fewer_rounds():
     assert rounds["kogge-stone"] == 10
     assert rounds["dcf"] == 10 - NL.msb_rounds(16) + NL.msb_rounds(16, "dcf") == 6
     assert online["dcf"] < online["kogge-stone"]
+
+
+def test_dealer_makes_a_common_correction_once(monkeypatch):
+    """Both parties fetch the DCF correction words; the dealer computes them once and
+    hands the second party the same words."""
+    import dataclasses
+
+    from mpc.dealer import KINDS, CorrectionMaker
+
+    calls = []
+    real = KINDS["dcf_msb"].correct
+    monkeypatch.setitem(KINDS, "dcf_msb", dataclasses.replace(KINDS["dcf_msb"],
+                                                              correct=lambda *a: calls.append(1) or real(*a)))
+    maker = CorrectionMaker(session_keys(b"fss-once"), compiled=False)
+    req = Request("dcf_msb", ((4,),), (8, 1))
+    first, second = maker.correction(3, req, []), maker.correction(3, req, [])
+    third = maker.correction(4, req, [])  # another request: made anew, kept for its second receiver
+    assert len(calls) == 2 and set(maker._shared) == {(4, req)}
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (4 * dcf.correction_words(7, 1),) and not np.array_equal(first, third)
+
+
+def test_dealer_process_correction_equals_in_graph():
+    """The dealer process's compiled correction (from the request and keys alone) equals
+    the simulation's in-graph one for the same request number."""
+    from mpc.dealer import CorrectionMaker
+
+    keys = session_keys(b"fss-compiled")
+    ctx = mpc.Context(seed=b"fss-compiled")
+    _, sim_keys = ctx.dealer.msb_keys((2, 3), 12)  # request 0
+    words = CorrectionMaker(keys, compiled=True).correction(0, Request("dcf_msb", ((2, 3),), (12, 1)), [])
+    np.testing.assert_array_equal(words.reshape(6, -1), np.asarray(dcf.pack_corrections(sim_keys[SERVER], out_bits=1)))
