@@ -203,3 +203,24 @@ def test_dealer_process_correction_equals_in_graph():
     _, sim_keys = ctx.dealer.msb_keys((2, 3), 12)  # request 0
     words = CorrectionMaker(keys, compiled=True).correction(0, Request("dcf_msb", ((2, 3),), (12, 1)), [])
     np.testing.assert_array_equal(words.reshape(6, -1), np.asarray(dcf.pack_corrections(sim_keys[SERVER], out_bits=1)))
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: a whole secure forward compiles
+def test_secure_forward_with_dcf_comparisons():
+    """A tiny LLaMA's secure prefill with every comparison by DCF (no Kogge–Stone AND left)
+    matches the plain model as closely as the default forward does (test_secure: 0.02)."""
+    import jax.numpy as jnp
+
+    from pspec_jax.models import arch, tiny_model
+    from pspec_jax.secure import SecureSession
+    from pspec_jax.secure.ranges import calibrated_config
+
+    b = tiny_model("llama", seed=3)
+    ids = jnp.array([[3, 7, 1]], jnp.int32)
+    cfg, _ = calibrated_config(b.config, b.params, base=DCF)
+    sess = SecureSession(b.config, b.params, max_len=8, mpc_config=cfg, seed=b"fss-forward")
+    mark = sess.ledger.snapshot()
+    got = sess.reveal_logits(sess.forward(ids))
+    ops = [e.op for e in sess.ledger.since(mark).entries]
+    assert any(op.endswith("/open") for op in ops) and not any(op.endswith("/and") for op in ops)
+    assert np.abs(got - np.asarray(arch.forward(b.config, b.params, ids)[0])).max() < 0.02
