@@ -5,12 +5,15 @@ Layers, bottom up (none reaches sideways):
   fixed     fixed-point encode/decode
   shares    Shared (arithmetic) and XorShared (boolean) tensors; local operations
   prg       AES-CTR streams (the dealer's cryptographic randomness)
+  dcf       distributed comparison functions (BCG+21) on a ChaCha20 PRG: key generation,
+            evaluation, key packing, comparisons of an opened x + r (pure functions)
   ledger    bytes/rounds per op; network model
   channel   every message between parties goes through it and is counted there
-  dealer    correlated randomness (triples, masks, truncation pairs, AND triples)
+  dealer    correlated randomness (triples, masks, truncation pairs, AND triples, DCF keys)
   context   the session (config, channel, dealer) and `secure_jit`
   protocols linear (mul, matmul, server-weight products, truncation), compare (msb, lt,
-            relu, select), and the nonlinear functions built on them
+            relu, select; Kogge–Stone, or one-round DCF in fss), and the nonlinear
+            functions built on them
   transport real links between processes (framed numpy messages over mutual TLS 1.3,
             network emulation); knows nothing of the layers above, imported on demand
 """

@@ -8,8 +8,9 @@ channel (a later runtime) implements the same methods by sending the local share
 and receiving the peer's, so protocol code does not change.
 
 Methods (each is one round, all values in one call travel in that same round):
-* `open(op, xs, to=BOTH, bits=64)`: reveal arithmetic sharings (8 B/element per sender)
-  and XOR sharings of `bits`-bit words (ceil(elements·bits/8) B per sender).
+* `open(op, xs, to=BOTH, bits=64, ring_bits=64)`: reveal arithmetic sharings mod
+  2^ring_bits (⌈elements·ring_bits/8⌉ B per sender; 8 B/element by default) and XOR
+  sharings of `bits`-bit words (⌈elements·bits/8⌉ B per sender).
 * `send(op, src, make, like)`: party `src` sends private values to the other party
   (8 B/element).
 * `dealer(op, bytes0, bytes1)`: the dealer's own traffic (no round of the online phase).
@@ -34,6 +35,11 @@ BOTH = "both"
 
 def _nbytes(xs, bits: int = 64) -> int:
     return sum(math.ceil(int(x.size) * bits / 8) for x in xs)
+
+
+def _low(bits: int) -> np.uint64:
+    """The mask of a word's low `bits` bits."""
+    return np.uint64(2**64 - 1) if bits >= 64 else np.uint64((1 << bits) - 1)
 
 
 class SimChannel:
@@ -65,23 +71,28 @@ class SimChannel:
         else:
             raise ValueError(f"open: `to` must be 'both', 0 or 1, got {to!r}")
 
-    def open(self, op: str, xs, to=BOTH, bits: int = 64):
-        """Reveal sharings in one round: arithmetic (`Shared`, 8 B/element per sender) and
-        boolean (`XorShared`, the low `bits` bits of each word; ⌈elements·bits/8⌉ B per
-        sender) alike; to both parties, or to party `to` only (then only the other party
-        sends). A party that receives nothing gets zeros of the same shape (never use them).
+    def open(self, op: str, xs, to=BOTH, bits: int = 64, ring_bits: int = 64):
+        """Reveal sharings in one round: arithmetic (`Shared`) modulo 2^ring_bits (each
+        party sends its share's low `ring_bits` bits; ⌈elements·ring_bits/8⌉ B per sender,
+        8 B/element at the default 64) and boolean (`XorShared`, the low `bits` bits of
+        each word; ⌈elements·bits/8⌉ B per sender) alike; to both parties, or to party `to`
+        only (then only the other party sends). Opened values are reduced to their width.
+        A party that receives nothing gets zeros of the same shape (never use them).
         """
+        for width in (bits, ring_bits):
+            if not 1 <= width <= 64:
+                raise ValueError(f"open: widths must be in [1, 64], got bits={bits}, ring_bits={ring_bits}")
         single = isinstance(xs, (Shared, XorShared))
         xs = [xs] if single else list(xs)
         self._guard(xs)
-        nbytes = sum(_nbytes([x], 64 if isinstance(x, Shared) else bits) for x in xs)
+        nbytes = sum(_nbytes([x], ring_bits if isinstance(x, Shared) else bits) for x in xs)
         self._record_open(op, nbytes, to)
-        low = np.uint64(2**64 - 1) if bits >= 64 else np.uint64((1 << bits) - 1)
-        out = self._combine([(x, isinstance(x, Shared), low) for x in xs], to)
+        out = self._combine([(x, isinstance(x, Shared), _low(ring_bits if isinstance(x, Shared) else bits))
+                             for x in xs], to)
         return out[0] if single else out
 
     def _combine(self, items, to) -> list[jax.Array]:
-        return [x.share(CLIENT) + x.share(SERVER) if arith else (x.share(CLIENT) ^ x.share(SERVER)) & low
+        return [(x.share(CLIENT) + x.share(SERVER) if arith else x.share(CLIENT) ^ x.share(SERVER)) & low
                 for x, arith, low in items]
 
     def send(self, op: str, src: int, make, like, bits: int = 64, piggyback: bool = False,
@@ -187,8 +198,7 @@ class PartyChannel(SimChannel):
         me, peer = self.me, 1 - self.me
         own = [x.share(me) for x, _, _ in items]
         likes = [jax.ShapeDtypeStruct(x.shape, DTYPE) for x, _, _ in items]
-        specs = [(int(np.prod(x.shape, dtype=np.int64)), 64 if arith else int(low).bit_length())
-                 for x, arith, low in items]
+        specs = [(int(np.prod(x.shape, dtype=np.int64)), int(low).bit_length()) for x, _, low in items]
         receive, send = to in (BOTH, me), to in (BOTH, peer)
 
         def host(*shares):
@@ -210,7 +220,7 @@ class PartyChannel(SimChannel):
             if not receive:
                 out.append(theirs)
             else:
-                out.append(mine + theirs if arith else (mine ^ theirs) & low)
+                out.append((mine + theirs if arith else mine ^ theirs) & low)
         return out
 
     def send(self, op: str, src: int, make, like, bits: int = 64, piggyback: bool = False,

@@ -28,6 +28,9 @@ from mpc.ledger import Ledger
 from mpc.shares import CLIENT, Shared, local
 
 
+COMPARISONS = ("kogge-stone", "dcf")
+
+
 @dataclasses.dataclass(frozen=True)
 class MPCConfig:
     """Static protocol configuration (a jit static argument; never mutated).
@@ -41,18 +44,25 @@ class MPCConfig:
         weight product is truncated by the weight's own scale, so more bits cut the
         weights' rounding error at no cost in bytes or rounds, while the untruncated
         product stays in range: |x·w| < 2^(62 − frac_bits − weight_frac_bits).
+      comparison: how every comparison (msb, and so lt, relu and the nonlinear ops) is
+        computed: "kogge-stone" (a dealer-AND-triple carry circuit, 1 + ⌈log2(ℓ − 1)⌉
+        rounds, little dealer data) or "dcf" (function secret sharing: 1 round, DCF keys
+        of ~2ℓ words per element from the dealer; `mpc.protocols.fss`).
     """
 
     fixed: FixedPoint = FixedPoint()
     compare_bits: int = 64
     nonlinear: NonlinearConfig = NonlinearConfig()  # approximation parameters (mpc.approx)
     weight_frac_bits: int = 16
+    comparison: str = "kogge-stone"
 
     def __post_init__(self):
         if not 8 <= self.compare_bits <= 64:
             raise ValueError(f"compare_bits must be in [8, 64], got {self.compare_bits}")
         if not 1 <= self.weight_frac_bits <= 30:
             raise ValueError(f"weight_frac_bits must be in [1, 30], got {self.weight_frac_bits}")
+        if self.comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {COMPARISONS}, got {self.comparison!r}")
 
     @property
     def frac_bits(self) -> int:

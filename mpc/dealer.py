@@ -10,12 +10,14 @@ requests identically (request i of a session); the words of request i for party 
 `prg.request_words(k_p, i, n)`. So each party expands its own words itself, and only the
 *corrections* travel: the one share of a correlated value (c = a·b, r >> f, …) that
 cannot be random, computed by whoever holds both keys (the dealer process; in simulation,
-the same function in-graph) and sent to one party. Only corrections and keys count as
-dealer bytes in the ledger; each kind's docstring below states its correction bytes.
+the same function in-graph) and sent to one party — or, for material whose correction
+is common to both parties (a DCF's correction words), the same correction to each.
+Only corrections and keys count as dealer bytes in the ledger, per receiving party;
+each kind's docstring below states its correction bytes.
 
 A kind of material is three pure functions (`Kind`): how many words each party draws,
 the correction (from both parties' words), and how a party assembles its shares from its
-own words and, if it is the receiver, the correction. `Dealer` (simulation: both
+own words and, if it is a receiver, the correction. `Dealer` (simulation: both
 parties, corrections in-graph) and `PartyDealer` (one party: its words, corrections
 fetched from the dealer) run the same functions; so does the dealer process
 (`mpc.dealer_service`), which makes a request's correction from the request's
@@ -35,8 +37,10 @@ randomness and two requests never share a nonce.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import threading
 from typing import Callable, Sequence
 
 import jax
@@ -44,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
+from mpc import dcf
 from mpc.prg import KEY_BYTES, derive_keys, request_words
 from mpc.ring import DTYPE, msb, ring_matmul
 from mpc.shares import CLIENT, PARTIES, SERVER, Shared, XorShared, local, local_xor
@@ -103,13 +108,23 @@ class Request:
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """One kind of material. `words(req) -> (n0, n1)`; `correct(req, w0, w1, extra) ->
-    list of arrays` for party `to` (None: no correction); `assemble(req, p, words, corr)
-    -> tuple` of party p's outputs."""
+    list of arrays` for the receiver(s) `to` (None: no correction); `assemble(req, p,
+    words, corr) -> tuple` of party p's outputs (corr None unless p receives it).
+
+    `to`: the party that receives the correction, or a tuple of parties that each receive
+    the same correction (its bytes count once per receiver)."""
 
     words: Callable
     assemble: Callable
     correct: Callable | None = None
-    to: int = SERVER
+    to: int | tuple[int, ...] = SERVER
+
+    @property
+    def receivers(self) -> tuple[int, ...]:
+        """The parties the correction goes to (none without a correction)."""
+        if self.correct is None:
+            return ()
+        return self.to if isinstance(self.to, tuple) else (self.to,)
 
 
 # --- the kinds ------------------------------------------------------------------------------
@@ -312,6 +327,36 @@ def _bit_select_assemble(req, p, w, corr):
     return r1 & _ONE, corr[0], a1, corr[1]
 
 
+def _dcf_msb_words(req):
+    n = _n(req.shapes[0])
+    return 3 * n, 3 * n  # root seed (2 words) and a share of r (1 word) per element
+
+
+def _dcf_msb_split(req, w):
+    n = _n(req.shapes[0])
+    return w[:2 * n].reshape(n, 2), w[2 * n:3 * n]
+
+
+def _dcf_msb_correct(req, w0, w1, extra):
+    """DCF keys for the sign of n-bit values (`mpc.dcf.msb_keygen`, ℓ-bit outputs) under
+    r = r_0 + r_1 mod 2^n, each party's root seed and r_p its own words: the correction
+    words only, the same to both parties — 8·N·W bytes to EACH party for N elements,
+    W = `dcf.correction_words(n − 1, ℓ)` = 2(n − 1) + ⌈(ℓ·n + 2(n − 1))/64⌉ words per
+    element (31 at n = 16, ℓ = 1; 129 at n = 64)."""
+    bits, out_bits = req.args
+    (root0, r0), (root1, r1) = _dcf_msb_split(req, w0), _dcf_msb_split(req, w1)
+    r = (r0 + r1) & np.uint64((1 << bits) - 1 if bits < 64 else 2**64 - 1)
+    key0, _ = dcf.msb_keygen(jnp.stack([root0, root1]), r, n_bits=bits, out_bits=out_bits)
+    return [dcf.pack_corrections(key0, out_bits=out_bits)]
+
+
+def _dcf_msb_assemble(req, p, w, corr):
+    bits, out_bits = req.args
+    root, r = _dcf_msb_split(req, w)
+    key = dcf.unpack_corrections(corr[0], dcf.seed_words(root), n_bits=bits - 1, out_bits=out_bits)
+    return r.reshape(req.shapes[0]), key
+
+
 KINDS: dict[str, Kind] = {
     "triple": Kind(_triple_words, _triple_assemble, _triple_correct),
     "square": Kind(_square_words, _square_assemble, _square_correct),
@@ -325,12 +370,14 @@ KINDS: dict[str, Kind] = {
     "and_triple": Kind(_triple_words, _triple_assemble, _and_correct),
     "bit_pair": Kind(_bit_words, _bit_assemble, _bit_correct),
     "bit_select": Kind(_bit_select_words, _bit_select_assemble, _bit_select_correct),
+    "dcf_msb": Kind(_dcf_msb_words, _dcf_msb_assemble, _dcf_msb_correct, to=(CLIENT, SERVER)),
 }
 KIND_NAMES = tuple(KINDS)
 
 
 def correction_bytes(req: Request) -> int:
-    """Bytes of the correction of one request (what the dealer sends for it)."""
+    """Bytes of the correction of one request (what the dealer sends for it to each of
+    its receivers)."""
     if KINDS[req.kind].correct is None:
         return 0
     return 8 * sum(_n(s) for s in _correction_shapes(req))
@@ -403,12 +450,13 @@ class Dealer:
         n0, n1 = kind.words(req)
         words, nonce = self._draw({CLIENT: n0, SERVER: n1}, lambda p: self.keys[p], handles, req)
         corr = None
-        if kind.correct is not None:
+        to = kind.receivers
+        if to:
             nbytes = correction_bytes(req)
-            self.channel.dealer(req.kind, nbytes if kind.to == CLIENT else 0, nbytes if kind.to == SERVER else 0)
-            if kind.to in self.parties:
+            self.channel.dealer(req.kind, nbytes if CLIENT in to else 0, nbytes if SERVER in to else 0)
+            if any(p in to for p in self.parties):
                 corr = self._corrections(req, words, extra, handles)
-        return {p: kind.assemble(req, p, words[p], corr if p == kind.to else None) for p in self.parties}, nonce
+        return {p: kind.assemble(req, p, words[p], corr if p in to else None) for p in self.parties}, nonce
 
     def _shared(self, outs, i: int, frac: int = 0) -> Shared:
         return local(self.parties, lambda p: outs[p][i], frac)
@@ -516,6 +564,20 @@ class Dealer:
         outs, _ = self.material(Request("bit_select", (tuple(shape),)))
         return self._xor(outs, 0), self._shared(outs, 1), self._shared(outs, 2), self._shared(outs, 3)
 
+    # --- function secret sharing ----------------------------------------------------------------
+    def msb_keys(self, shape, bits: int, out_bits: int = 1) -> tuple[Shared, dict]:
+        """Material for the sign of `bits`-bit values of `shape` from one opening
+        (`mpc.protocols.fss.msb_dcf`): a mask r uniform mod 2^bits, additively shared
+        (each party's share is its own words; reduce sums mod 2^bits), and each present
+        party's DCF key (`mpc.dcf.msb_keygen`, output in Z_{2^out_bits}) over the
+        flattened elements. Correction: 8·|shape|·`dcf.correction_words(bits − 1,
+        out_bits)` bytes to EACH party (the common correction words).
+        Returns (r shared, {party: its `mpc.dcf.DcfKey`})."""
+        if not 2 <= bits <= 64 or not 1 <= out_bits <= 64:
+            raise ValueError(f"msb_keys: bits must be in [2, 64] and out_bits in [1, 64], got {bits}, {out_bits}")
+        outs, _ = self.material(Request("dcf_msb", (tuple(shape),), (int(bits), int(out_bits))))
+        return self._shared(outs, 0), {p: outs[p][1] for p in self.parties}
+
     # --- randomness that is not the dealer's -------------------------------------------------
     def pairwise_mask(self, shape) -> jax.Array:
         """Words both parties derive from their shared key k_01 (input sharing). No bytes."""
@@ -562,7 +624,7 @@ class PartyDealer(Dealer):
 
     def _host_fetch(self, counts, key_of, req, handles):
         flat = self._host_words(counts, key_of)
-        if req is None or KINDS[req.kind].correct is None or KINDS[req.kind].to != self.parties[0]:
+        if req is None or self.parties[0] not in KINDS[req.kind].receivers:
             return flat
         corr = np.asarray(self._fetch(int(flat[-1]), req, [np.asarray(h) for h in handles]), np.uint64)
         return np.concatenate([flat[:-1], corr, flat[-1:]])
@@ -570,7 +632,7 @@ class PartyDealer(Dealer):
     def _draw(self, counts, key_of, handles=(), req=None):
         (p,) = self.parties
         kind = KINDS[req.kind] if req is not None else None
-        ncorr = correction_bytes(req) // 8 if kind is not None and kind.correct is not None and kind.to == p else 0
+        ncorr = correction_bytes(req) // 8 if kind is not None and p in kind.receivers else 0
         total = counts[p] + ncorr
         flat = io_callback(lambda *h: self._host_fetch(counts, key_of, req, h),
                            jax.ShapeDtypeStruct((total + 1,), DTYPE), *handles, ordered=True)
@@ -593,6 +655,9 @@ def _correction_shapes(req: Request) -> list[tuple[int, ...]]:
         return [(req.shapes[0][0],)]
     if req.kind in ("trunc_pair", "bit_select"):
         return [req.shapes[0]] * 2
+    if req.kind == "dcf_msb":
+        bits, out_bits = req.args
+        return [(_n(req.shapes[0]), dcf.correction_words(bits - 1, out_bits))]
     return [req.shapes[0]]
 
 
@@ -602,20 +667,26 @@ class CorrectionMaker:
 
     Weight masks named by handles are rebuilt from the server's key once and kept (the
     dealer holds every weight's mask for the session, |W| words each); cached operands'
-    masks are rebuilt from their row descriptors on every request.
+    masks are rebuilt from their row descriptors on every request. A correction with
+    several receivers (a DCF's common correction words) is made once: the first party to
+    ask computes it, the other gets the same words (thread-safe; the dealer process
+    serves each party's link in its own thread).
     """
 
     def __init__(self, keys: dict, compiled: bool = True, programs: dict | None = None) -> None:
-        """`compiled=False`: run each correction eagerly — for a maker called from inside
-        another compiled program's host callback (in-process tests), where compiling and
-        running a nested program can deadlock on the one CPU device. `programs`: compiled
-        corrections by request signature, shared by the sessions of a dealer process (they
-        depend on the request's public description only), so a session compiles only the
-        signatures no earlier one used."""
+        """`compiled=False`: run each correction eagerly, op by op (`jax.disable_jit`) — for
+        a maker called from inside another compiled program's host callback (in-process
+        tests), where compiling and running a nested program can deadlock on the one CPU
+        device (its execution threads are the ones blocked in the callbacks). `programs`:
+        compiled corrections by request signature, shared by the sessions of a dealer
+        process (they depend on the request's public description only), so a session
+        compiles only the signatures no earlier one used."""
         self.keys = {CLIENT: keys[CLIENT], SERVER: keys[SERVER]}
         self.compiled = compiled
         self._weight_masks: dict[tuple, np.ndarray] = {}
         self._programs: dict[Request, Callable] = {} if programs is None else programs
+        self._shared: dict[tuple[int, Request], concurrent.futures.Future] = {}  # made, not yet fetched twice
+        self._lock = threading.Lock()
 
     def _words(self, party: int, nonce: int, n: int) -> np.ndarray:
         return request_words(self.keys[party], nonce, n)
@@ -632,6 +703,23 @@ class CorrectionMaker:
         kind = KINDS[req.kind]
         if kind.correct is None:
             raise ValueError(f"dealer: {req.kind} has no correction")
+        if len(kind.receivers) == 1:
+            return self._make(nonce, req, handles)
+        with self._lock:  # the first receiver makes it, the second takes it
+            made = self._shared.pop((nonce, req), None)
+            first = made is None
+            if first:
+                made = self._shared[(nonce, req)] = concurrent.futures.Future()
+        if first:
+            try:
+                made.set_result(self._make(nonce, req, handles))
+            except BaseException as err:
+                made.set_exception(err)
+                raise
+        return made.result()
+
+    def _make(self, nonce: int, req: Request, handles: Sequence[np.ndarray]) -> np.ndarray:
+        kind = KINDS[req.kind]
         n0, n1 = kind.words(req)
         w0, w1 = self._words(CLIENT, nonce, n0), self._words(SERVER, nonce, n1)
         extra = None
@@ -654,7 +742,10 @@ class CorrectionMaker:
                                 lambda h, n: self._words(CLIENT, h, n) + self._words(SERVER, h, n))
             extra = mask.transpose(perm)
         if not self.compiled:
-            corr = kind.correct(req, jnp.asarray(w0), jnp.asarray(w1), extra)
+            # op by op, loops in Python (a DCF's key generation is a jitted scan): every op
+            # is small enough to run inline in the calling callback's thread
+            with jax.disable_jit():
+                corr = kind.correct(req, jnp.asarray(w0), jnp.asarray(w1), extra)
         else:
             if req not in self._programs:  # one compiled correction per request signature
                 self._programs[req] = jax.jit(lambda a, b, e, req=req: kind.correct(req, a, b, e))

@@ -1,2 +1,3 @@
 """Protocols over shared tensors: `linear` (products, truncation), `compare` (msb, lt,
-relu, select) and the nonlinear functions built on them."""
+relu, select), `fss` (one-round comparisons from DCF keys) and the nonlinear functions
+built on them."""

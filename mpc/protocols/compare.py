@@ -14,6 +14,9 @@ L = ⌈log2(ℓ − 1)⌉ prefix levels (6 for ℓ = 64):
   b2a:         1 round, ⌈n/8⌉ bytes
   select_bit:  1 round, 8·n + ⌈n/8⌉ bytes (B2A fused with the product)
   relu, select, lt: msb + select_bit.
+With `MPCConfig.comparison = "dcf"`, msb (and so lt, relu, and every comparison of
+`mpc.protocols.nonlinear`) is `mpc.protocols.fss.msb_dcf` instead: 1 round, ⌈ℓ·n/8⌉
+bytes, the same XOR-shared output.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 import numpy as np
 
 from mpc.context import Context
+from mpc.protocols.fss import msb_dcf
 from mpc.shares import CLIENT, SERVER, Shared, XorShared, local_xor
 
 _ONE = np.uint64(1)
@@ -55,10 +59,14 @@ def msb(ctx: Context, x: Shared, op: str = "msb", bits: int | None = None) -> Xo
 
     `bits` (default `MPCConfig.compare_bits`): examine only the low ℓ bits, exact while
     |x| < 2^(ℓ−1) ring units — callers that know their range pass a smaller ℓ.
+    `MPCConfig.comparison` picks the protocol: the Kogge–Stone circuit below, or a DCF
+    (`mpc.protocols.fss.msb_dcf`, one round).
     """
     bits = ctx.config.compare_bits if bits is None else bits
     if not 8 <= bits <= 64:
         raise ValueError(f"msb: bits must be in [8, 64], got {bits}")
+    if ctx.config.comparison == "dcf":
+        return msb_dcf(ctx, x, bits, op=op)
     mask = _low_mask(bits)
     zeros = np.zeros(x.shape, np.uint64)
     # Each party's share, as a bit string, is one addend: party q's word x_q held as a XOR

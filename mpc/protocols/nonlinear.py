@@ -70,11 +70,15 @@ def _with_bits(ctx: Context, bits: int) -> Context:
 
 
 def msb_bits(ctx: Context, x: Shared, bits: int, op: str = "msb") -> XorShared:
-    """`compare.msb` with `bits` examined bits (exact for |x| < 2^(bits−1) ring units)."""
+    """`compare.msb` with `bits` examined bits (exact for |x| < 2^(bits−1) ring units), by
+    the protocol `ctx.config.comparison` names (Kogge–Stone, or one-round DCF)."""
     return C.msb(_with_bits(ctx, bits), x, op=op)
 
 
-def msb_rounds(bits: int) -> int:
+def msb_rounds(bits: int, comparison: str = "kogge-stone") -> int:
+    """Rounds of `msb_bits` at `bits` bits under `MPCConfig.comparison`."""
+    if comparison == "dcf":
+        return 1
     bits = max(8, bits)
     return 1 + math.ceil(math.log2(bits - 1))
 
