@@ -45,6 +45,7 @@ MODE_OPTIONS: dict[str, frozenset[str]] = {
 }
 OPTIONAL = ("seed", "network", "privacy", "profile")  # refused by the modes that do not take them
 DEFAULT_NETWORK, DEFAULT_PRIVACY = "lan", "strict"
+DEFAULT_GAMMA = 4
 
 
 def register_mode(name: str, runner: Callable[["GenerateRequest"], Any],
@@ -98,7 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "decoding; secure / post: under 2PC (default: spec)")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt in the model's chat template (a user turn)")
-    parser.add_argument("--gamma", type=int, default=4, help="drafts per step (default 4)")
+    parser.add_argument("--gamma", type=int, default=None,
+                        help=f"drafts per step, a chain (default {DEFAULT_GAMMA})")
+    parser.add_argument("--tree", type=int, default=None, metavar="N",
+                        help="spec only: draft a token tree of up to N nodes per step instead of a "
+                             "chain, verified in one pass with an exact multi-candidate rule")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="with --tree: stop growing a tree once the drafter's estimate that the "
+                             "private model reaches the next node is low")
     parser.add_argument("--max-new-tokens", type=int, default=64, dest="max_new_tokens")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="0 = greedy (default 1.0)")
@@ -209,8 +217,12 @@ def run_plain(req: GenerateRequest):
 
 
 def run_spec(req: GenerateRequest):
-    from pspec_jax.decode import generate_spec
+    from pspec_jax.decode import generate_spec, generate_tree
 
+    if getattr(req.args, "tree", None) is not None:
+        return generate_tree(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens,
+                             req.args.tree, req.sampling, req.seed, req.eos_id, req.on_tokens,
+                             adaptive=req.args.adaptive)
     return generate_spec(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens,
                          req.gamma, req.sampling, req.seed, req.eos_id, req.on_tokens)
 
@@ -228,6 +240,10 @@ def summary_line(res) -> str:
         parts.append(f"α {_fmt(res.alpha)}")
     if res.drafted:
         parts.append(f"acceptance {_fmt(res.acceptance_rate)}")
+    if "tree" in res.extra and res.steps:
+        nodes = res.extra["nodes_per_step"]
+        parts.append(f"tree of <= {res.extra['tree']} nodes ({sum(nodes) / len(nodes):.1f} drafted per step"
+                     f"{', adaptive' if res.extra['adaptive'] else ''})")
     return ", ".join(parts)
 
 
@@ -304,6 +320,27 @@ def prompt_text(args: argparse.Namespace) -> str:
     return text
 
 
+def check_tree_options(args: argparse.Namespace) -> None:
+    """--tree N (spec only; post: not yet) and --adaptive (needs --tree); fills in the
+    default γ when no tree is asked for."""
+    from pspec_jax.decode.common import check_tree
+
+    tree, adaptive = getattr(args, "tree", None), getattr(args, "adaptive", False)
+    if adaptive and tree is None:
+        raise UserError("--adaptive needs --tree N (it stops growing a token tree early)")
+    if tree is not None:
+        if args.mode == "post":
+            raise UserError("--tree with --mode post is not supported yet (token trees run in --mode spec "
+                            "for now); use --gamma for a chain")
+        if args.mode != "spec":
+            raise UserError(f"--tree does not apply to --mode {args.mode} (only to spec)")
+        if args.gamma is not None:
+            raise UserError("give either --gamma (a chain of drafts) or --tree N (a token tree), not both")
+        check_tree(tree)
+    if args.gamma is None:
+        args.gamma = DEFAULT_GAMMA
+
+
 def check_mode_options(args: argparse.Namespace) -> None:
     """Refuses the options the chosen mode does not take and checks (and fills in the
     defaults of) those it does; before any model loads."""
@@ -317,6 +354,7 @@ def check_mode_options(args: argparse.Namespace) -> None:
         if given and opt not in takes:
             users = sorted(m for m, o in MODE_OPTIONS.items() if opt in o)
             raise UserError(f"--{opt} does not apply to --mode {args.mode} (only to {', '.join(users)})")
+    check_tree_options(args)
     check_gamma(args.gamma, post=args.mode == "post")
     if "network" in takes:
         from pspec_jax.commands.secure_modes import check_network

@@ -10,6 +10,10 @@ Public API:
   SpeculativeRule / AlwaysAccept (negative control) — accept rules (accept.py), pure:
       rule(key, p (γ+1, V), q (γ, V), drafts (γ,)) -> (n_accepted, next_token)
   spec_step_fn / plain_step_fn — pure, jittable, vmappable single steps.
+  generate_tree(private, drafter, prompt_ids, max_new_tokens, n_nodes, sampling, seed,
+                eos_id, on_tokens, adaptive=False, tree_drafter=None, rule=RecursiveRule())
+      token-tree speculative decoding (tree.py); TokenTree, TreeDrafter, tree_step_fn;
+      RecursiveRule (exact) / WithReplacementRule, AcceptFirstChild (negative controls).
 """
 
 from pspec_jax.decode.accept import (AlwaysAccept, SpeculativeRule, acceptance_alpha, accept_mask,
@@ -18,10 +22,13 @@ from pspec_jax.decode.common import TRACES, GenerationResult
 from pspec_jax.decode.plain import PlainState, generate_plain, plain_step, plain_step_fn
 from pspec_jax.decode.sampling import Sampling, sample, step_key
 from pspec_jax.decode.spec import SpecState, StepInfo, generate_spec, spec_step, spec_step_fn
+from pspec_jax.decode.tree import (AcceptFirstChild, RecursiveRule, TokenTree, TreeDrafter, TreeState,
+                                   WithReplacementRule, generate_tree, tree_step, tree_step_fn)
 
 __all__ = [
-    "AlwaysAccept", "GenerationResult", "PlainState", "Sampling", "SpecState", "SpeculativeRule",
+    "AcceptFirstChild", "AlwaysAccept", "GenerationResult", "PlainState", "Sampling", "SpecState", "SpeculativeRule",
     "StepInfo", "TRACES", "accept_mask", "acceptance_alpha", "first_rejection", "generate_plain",
     "generate_spec", "plain_step", "plain_step_fn", "residual", "sample", "spec_step",
-    "spec_step_fn", "step_key",
+    "spec_step_fn", "step_key", "RecursiveRule", "TokenTree", "TreeDrafter", "WithReplacementRule",
+    "TreeState", "generate_tree", "tree_step", "tree_step_fn",
 ]

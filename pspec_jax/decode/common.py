@@ -179,6 +179,14 @@ def check_gamma(gamma: int, *, post: bool = False) -> int:
     return gamma
 
 
+def check_tree(n_nodes: int) -> int:
+    """The one check of a token tree's node budget N (`--tree N`): an integer >= 1.
+    Returns it; raises UserError with the offending value."""
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 1:
+        raise UserError(f"the tree's node budget (--tree N) must be an integer >= 1, got {n_nodes!r}")
+    return n_nodes
+
+
 def check_ids(ids: list[int], config: ModelConfig, what: str = "prompt") -> list[int]:
     ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < config.vocab_size]

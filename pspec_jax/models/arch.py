@@ -59,17 +59,45 @@ def _lin(ops: Any, x: Any, p: Params) -> Any:
     return ops.linear(x, p["w"], p.get("b"))
 
 
+def tree_mask(start: jax.Array, ancestors: jax.Array, rows: int) -> jax.Array:
+    """The public attention mask of T tree nodes whose tree occupies cache rows
+    [start, start + M) (node j at row start + j).
+
+    Query t sees every context row below `start` and the rows j with ancestors[t, j]
+    (itself and its ancestors); nothing else: no other branch, no stale row beyond. A
+    chain is the tree whose `ancestors` is lower-triangular: that gives back the causal
+    mask. The private model's pass feeds all M nodes at once (T = M); a drafter feeding
+    one node at a time passes that node's row of `ancestors` (T = 1).
+
+    Args:
+      start: int32 scalar, the cache row of tree node 0 (the root).
+      ancestors: (T, M) bool, [t, j] = query t may see node j.
+      rows: S, the cache's row count.
+    Returns:
+      (T, S) bool.
+    """
+    M = ancestors.shape[1]
+    r = jnp.arange(rows, dtype=jnp.int32) - start  # (S,) row offset from the root
+    inside = (r >= 0) & (r < M)
+    anc = jnp.take(ancestors, jnp.clip(r, 0, M - 1), axis=1)  # (T, S)
+    return (r < 0)[None, :] | (inside[None, :] & anc)
+
+
 def attention_block(config: ModelConfig, p: Params, h: Any, layer_cache: Any,
                     start: jax.Array, rope: tuple[jax.Array, jax.Array] | None,
-                    ops: Any) -> tuple[Any, Any]:
-    """Self-attention of one layer on the normed input h (B, T, d) -> (cache, (B, T, d))."""
+                    ops: Any, mask: jax.Array | None = None) -> tuple[Any, Any]:
+    """Self-attention of one layer on the normed input h (B, T, d) -> (cache, (B, T, d));
+    `mask` (T, S) replaces the causal mask when given (tree attention)."""
     B, T = h.shape[0], h.shape[1]
     H, K, D = config.n_heads, config.n_kv_heads, config.head_dim
     q, k, v = ops.linear_many(h, [(p[n]["w"], p[n].get("b")) for n in ("q", "k", "v")])
     q, k, v = q.reshape(B, T, H, D), k.reshape(B, T, K, D), v.reshape(B, T, K, D)
     if rope is not None:
         q, k = ops.rope_many([q, k], *rope)
-    layer_cache, a = ops.attention(q, k, v, layer_cache, start)  # a: (B, T, H, D)
+    if mask is None:  # the chain path: exactly the call it always was
+        layer_cache, a = ops.attention(q, k, v, layer_cache, start)  # a: (B, T, H, D)
+    else:
+        layer_cache, a = ops.attention(q, k, v, layer_cache, start, mask=mask)
     return layer_cache, _lin(ops, a.reshape(B, T, H * D), p["o"])
 
 
@@ -82,10 +110,11 @@ def mlp_block(config: ModelConfig, p: Params, h: Any, ops: Any) -> Any:
 
 
 def block(config: ModelConfig, p: Params, x: Any, layer_cache: Any, start: jax.Array,
-          rope: tuple[jax.Array, jax.Array] | None, ops: Any) -> tuple[Any, Any]:
+          rope: tuple[jax.Array, jax.Array] | None, ops: Any,
+          mask: jax.Array | None = None) -> tuple[Any, Any]:
     """One pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(.))."""
     layer_cache, a = attention_block(config, p, apply_norm(config, p["attn_norm"], x, ops),
-                                     layer_cache, start, rope, ops)
+                                     layer_cache, start, rope, ops, mask)
     x = x + a
     x = x + mlp_block(config, p, apply_norm(config, p["mlp_norm"], x, ops), ops)
     return layer_cache, x
@@ -109,7 +138,8 @@ def head_weight(config: ModelConfig, params: Params) -> Any:
 
 def forward(config: ModelConfig, params: Params, token_ids: jax.Array,
             cache: KVCache | None = None, ops: Any = PLAIN,
-            logits_index: jax.Array | None = None) -> tuple[Any, KVCache]:
+            logits_index: jax.Array | None = None, *, positions: jax.Array | None = None,
+            mask: jax.Array | None = None) -> tuple[Any, KVCache]:
     """Runs the decoder on T new tokens appended to `cache`.
 
     Args:
@@ -120,6 +150,12 @@ def forward(config: ModelConfig, params: Params, token_ids: jax.Array,
       ops: the numeric backend.
       logits_index: optional int32 scalar index into T: return the logits at that
         position only, (B, 1, V), instead of all T (saves the LM head on prefill).
+      positions: optional (T,) int32 absolute positions of the new tokens (RoPE / learned
+        positions) instead of cache.length + [0, T); a token tree passes
+        cache.length + depth. The tokens are still written at rows cache.length + [0, T).
+      mask: optional (T, S) bool public attention mask over the S cache rows (after the
+        append) instead of the causal one; `tree_mask` builds it for a token tree.
+        Both None (the default): the chain path, unchanged.
     Returns:
       (logits (B, T, V) float32, cache with length advanced by T).
     """
@@ -127,14 +163,15 @@ def forward(config: ModelConfig, params: Params, token_ids: jax.Array,
     if cache is None:
         cache = init_cache(config, B, T, ops)
     start = cache.length
-    positions = start + jnp.arange(T, dtype=jnp.int32)  # (T,) public
+    if positions is None:
+        positions = start + jnp.arange(T, dtype=jnp.int32)  # (T,) public
     rope = (rope_tables(positions, config.head_dim, config.rope_theta)
             if config.family == "llama" else None)
     x = embed_tokens(config, params, token_ids, positions, ops)
     layers = params["layers"]
     new_layers = []
     for i in range(config.n_layers):
-        lc, x = block(config, layers[i], x, cache.layers[i], start, rope, ops)
+        lc, x = block(config, layers[i], x, cache.layers[i], start, rope, ops, mask)
         new_layers.append(lc)
     x = apply_norm(config, params["final_norm"], x, ops)
     if logits_index is not None:

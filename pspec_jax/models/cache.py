@@ -34,6 +34,37 @@ class KVCache:
         """The cache truncated to `length` rows (any length <= the current one)."""
         return self.replace(length=jnp.asarray(length, jnp.int32))
 
+    def keep_path(self, start: Any, src: jax.Array, n: Any, ops: Any = None) -> "KVCache":
+        """The cache after a token-tree pass: rows [0, start) kept, then the `n` rows
+        `src[:n]` (an accepted root-to-node path) moved to rows [start, start + n), and
+        the length set to start + n.
+
+        How: every row r of every layer is replaced by row index[r], where index is the
+        identity except index[start + k] = src[k] for k < n (one gather per layer,
+        `ops.gather_cache_rows`). A tree's node i sits at row (root row) + i and a node's
+        index exceeds its depth, so src[k] >= start + k: each row moves down or stays,
+        and the gather reads only the old rows, never one it already overwrote. Rows
+        from start + n on are stale (masked, overwritten by the next append). The moved
+        rows were computed at position start - 1 + depth with attention to their
+        ancestors only, i.e. exactly as a chain over the path would have computed them.
+
+        Args:
+          start: int32 scalar, the first row to fill (the row after the tree's root).
+          src: (M,) int32 source rows; entries from n on are ignored.
+          n: int32 scalar in [0, M], rows to keep.
+          ops: the backend owning the layer layout (default: plain).
+        """
+        if ops is None:
+            from pspec_jax.models.ops import PLAIN as ops
+        start = jnp.asarray(start, jnp.int32)
+        S = self.max_len
+        rows = jnp.arange(S, dtype=jnp.int32)
+        k = rows - start  # (S,) offset into the path
+        picked = jnp.take(src, jnp.clip(k, 0, src.shape[0] - 1)).astype(jnp.int32)
+        index = jnp.where((k >= 0) & (k < n), picked, rows)  # (S,)
+        layers = tuple(ops.gather_cache_rows(lc, index) for lc in self.layers)
+        return KVCache(layers=layers, length=start + jnp.asarray(n, jnp.int32))
+
     def advance(self, n: Any) -> "KVCache":
         return self.replace(length=self.length + jnp.asarray(n, jnp.int32))
 

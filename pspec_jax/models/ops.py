@@ -76,14 +76,16 @@ class Ops(Protocol):
         """An empty cache for one layer holding up to `max_len` rows (a pytree)."""
 
     def attention(self, q: Any, k_new: Any, v_new: Any, layer_cache: Any,
-                  start: jax.Array) -> tuple[Any, Any]:
-        """Causal attention with the cache, one layer.
+                  start: jax.Array, mask: jax.Array | None = None) -> tuple[Any, Any]:
+        """Causal (or tree) attention with the cache, one layer.
 
         Args:
           q: (B, T, H, D) queries of the T new tokens (RoPE already applied).
           k_new, v_new: (B, T, K, D) their keys (RoPE applied) and values.
           layer_cache: this layer's cache; rows [0, start) are valid context.
           start: int32 scalar, the cache length = absolute position of the first new token.
+          mask: optional (T, S) bool public mask replacing the causal one (a token tree:
+            `arch.tree_mask`); None = causal.
         Returns:
           (new_layer_cache, out): the cache with rows [start, start+T) set to the new
           keys/values, and out (B, T, H, D) = softmax(q kᵀ / sqrt(D) + causal mask) v,
@@ -145,7 +147,7 @@ class PlainOps:
         """softmax over the last axis of the scaled scores where `mask` (public) holds."""
         return jax.nn.softmax(jnp.where(mask, scores, F32(-jnp.inf)), axis=-1)
 
-    def attention(self, q, k_new, v_new, layer_cache, start):
+    def attention(self, q, k_new, v_new, layer_cache, start, mask=None):
         B, T, H, D = q.shape
         K = k_new.shape[2]
         start = jnp.asarray(start, jnp.int32)
@@ -156,12 +158,17 @@ class PlainOps:
         qg = q.reshape(B, T, K, H // K, D)  # head h = kv * G + g
         s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=F32)
         s = s * F32(1.0 / math.sqrt(D))
-        rows = jnp.arange(S, dtype=jnp.int32)  # (S,)
-        qpos = start + jnp.arange(T, dtype=jnp.int32)  # (T,)
-        mask = rows[None, :] <= qpos[:, None]  # (T, S)
+        if mask is None:
+            rows = jnp.arange(S, dtype=jnp.int32)  # (S,)
+            qpos = start + jnp.arange(T, dtype=jnp.int32)  # (T,)
+            mask = rows[None, :] <= qpos[:, None]  # (T, S)
         w = self.attention_weights(s, mask)
         out = jnp.einsum("bkgts,bskd->btkgd", w, v, preferred_element_type=F32)
         return {"k": k, "v": v}, out.reshape(B, T, H, D)
+
+    def gather_cache_rows(self, layer_cache, index):
+        """The layer cache with row r replaced by row index[r] (index (S,) int32)."""
+        return {n: jnp.take(a, index, axis=1) for n, a in layer_cache.items()}
 
 
 PLAIN = PlainOps()

@@ -189,8 +189,9 @@ class SecureOps:
                                jnp.zeros(shape, jnp.uint64), never_written)
         return {"k": empty, "v": empty}
 
-    def attention(self, q: Shared, k_new: Shared, v_new: Shared, layer_cache, start):
-        """Causal attention over the shared cache (see `Ops.attention`).
+    def attention(self, q: Shared, k_new: Shared, v_new: Shared, layer_cache, start, mask=None):
+        """Causal attention over the shared cache (see `Ops.attention`); a public (T, S)
+        `mask` (a token tree's) replaces the causal one at no cost in rounds or bytes.
 
         Rounds: mask the new rows (1), QKᵀ (1), scale + truncate (1), softmax, PV (1),
         truncate (1). Scores for all S cache rows are computed (static shapes); rows beyond
@@ -220,8 +221,11 @@ class SecureOps:
             c = ctx.config.fixed.encode(1.0 / math.sqrt(D))
             scores = L.truncate(ctx, raw.mul_public(c, frac=raw.frac + self.frac), 2 * self.frac, op="qk/trunc")
             rows = jnp.arange(S, dtype=jnp.int32)
-            qpos = start + jnp.tile(jnp.arange(T, dtype=jnp.int32), G)  # (G·T,)
-            mask = rows[None, :] <= qpos[:, None]  # (G·T, S), public
+            if mask is None:
+                qpos = start + jnp.tile(jnp.arange(T, dtype=jnp.int32), G)  # (G·T,)
+                mask = rows[None, :] <= qpos[:, None]  # (G·T, S), public
+            else:
+                mask = jnp.tile(mask, (G, 1))  # row g·T + t is query t's mask, (G·T, S)
             probs = softmax(ctx, scores, mask=mask)
             out = L.truncate(ctx, L.matmul_masked(ctx, probs, v.transpose(0, 2, 1, 3), op="pv"), self.frac,
                              op="pv/trunc")  # (B, K, G·T, D)

@@ -1,0 +1,342 @@
+"""Token-tree speculative decoding: the tree mask and positions (a tree pass equals chain
+passes along its paths), the cache kept after a step (equals a cache of the accepted
+path alone), exactness of the output law with branching trees (χ²/TV, with negative
+controls that must fail), greedy trees equal greedy decoding, tokens per step."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from laws import exact_law as _exact_law, law_test as _law_test
+from pspec_jax.decode import (TRACES, AcceptFirstChild, RecursiveRule, Sampling, TreeDrafter,
+                              WithReplacementRule, generate_plain, generate_spec, generate_tree,
+                              tree_step_fn)
+from pspec_jax.decode.common import prefill
+from pspec_jax.decode.spec import init_spec_state
+from pspec_jax.decode.tree import draft_tree, init_tree_state
+from pspec_jax.errors import UserError
+from pspec_jax.models import forward, tiny_model
+from pspec_jax.models.arch import tree_mask
+
+V = 6  # the law of 3 tokens has 216 outcomes
+PROMPT = [1, 4, 2]
+fwd = jax.jit(forward, static_argnums=0)
+
+
+# ------------------------------------------------------------------ mask, positions, cache
+# A fixed tree of 7 nodes below the root (node 0): 0 -> 1, 2, 3;  1 -> 4, 5;  4 -> 6;  3 -> 7.
+PARENT = [-1, 0, 0, 0, 1, 1, 4, 3]
+TOKENS = [3, 5, 2, 7, 1, 5, 9, 4]
+
+
+def _tree_arrays(parent):
+    M = len(parent)
+    anc = np.eye(M, dtype=bool)
+    depth = np.zeros(M, np.int32)
+    for i in range(1, M):
+        anc[i] |= anc[parent[i]]
+        depth[i] = depth[parent[i]] + 1
+    return jnp.asarray(anc), jnp.asarray(depth)
+
+
+def _path(parent, i):
+    out = []
+    while i > 0:
+        out.append(i)
+        i = parent[i]
+    return out[::-1]  # root's child first
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_tree_pass_equals_chain_passes_along_each_path(family):
+    """Each node's logits from one tree pass equal the last logits of a chain pass over
+    its root-to-node path, on the same cached prefix (RoPE / learned positions by depth,
+    ancestors-only attention); and the mask of a chain gives the causal pass bit for bit."""
+    m = tiny_model(family, seed=40, n_layers=2, std=0.7, max_seq_len=64)
+    prefix = [5, 9, 11, 2, 6]
+    cache = prefill(m.config, m.params, prefix, 32)
+    anc, depth = _tree_arrays(PARENT)
+    base = len(prefix)
+    toks = jnp.asarray(TOKENS, jnp.int32)[None]
+    logits, c2 = fwd(m.config, m.params, toks, cache, positions=base + depth,
+                     mask=tree_mask(base, anc, 32))
+    assert int(c2.length) == base + len(TOKENS)
+    for i in range(len(TOKENS)):
+        chain = [TOKENS[0]] + [TOKENS[j] for j in _path(PARENT, i)]
+        ref, _ = fwd(m.config, m.params, jnp.asarray(chain, jnp.int32)[None], cache)
+        np.testing.assert_allclose(np.asarray(logits[0, i]), np.asarray(ref[0, -1]), atol=1e-5, rtol=0)
+    # A chain as a tree: lower-triangular ancestors, positions base + [0, T): bit-identical.
+    T = 5
+    lower = jnp.tril(jnp.ones((T, T), bool))
+    a, ca = fwd(m.config, m.params, toks[:, :T], cache)
+    b, cb = fwd(m.config, m.params, toks[:, :T], cache, positions=base + jnp.arange(T),
+                mask=tree_mask(base, lower, 32))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+               zip(jax.tree_util.tree_leaves(ca), jax.tree_util.tree_leaves(cb)))
+
+
+def test_keep_path_equals_a_cache_of_the_accepted_path():
+    """After a tree pass, keeping the path 0 -> 1 -> 4 -> 6 gives the cache a chain over
+    prefix + those tokens builds (rows, length); an empty path keeps the root only."""
+    m = tiny_model("llama", seed=41, n_layers=2, std=0.7, max_seq_len=64)
+    prefix = [5, 9, 11, 2, 6]
+    base = len(prefix)
+    cache = prefill(m.config, m.params, prefix, 32)
+    anc, depth = _tree_arrays(PARENT)
+    _, c2 = fwd(m.config, m.params, jnp.asarray(TOKENS, jnp.int32)[None], cache,
+                positions=base + depth, mask=tree_mask(base, anc, 32))
+    for path in ([1, 4, 6], [3, 7], [2], []):
+        src = jnp.asarray(path + [0] * (len(TOKENS) - 1 - len(path)), jnp.int32)
+        kept = c2.keep_path(base + 1, base + src, len(path))
+        ref = prefill(m.config, m.params, prefix + [TOKENS[0]] + [TOKENS[j] for j in path], 32)
+        n = base + 1 + len(path)
+        assert int(kept.length) == int(ref.length) == n
+        for lk, lr in zip(kept.layers, ref.layers):
+            for name in ("k", "v"):
+                np.testing.assert_allclose(np.asarray(lk[name][:, :n]), np.asarray(lr[name][:, :n]),
+                                           atol=1e-5, rtol=0)
+
+
+def test_drafted_tree_is_well_formed_and_branches():
+    """draft_tree: parents precede children, depth/ancestors agree with the parents,
+    siblings carry distinct tokens (without replacement), the budget is used, the tree
+    branches where the drafter is unsure; adaptive stops early with a high threshold."""
+    p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
+    d = p.truncated(1)
+    s = Sampling(1.0)
+    for kind in ("sample", "top"):
+        for thr, lo, hi in ((0.0, 7, 7), (0.5, 1, 6)):
+            st = init_spec_state(p, d, PROMPT, 32, 3)
+            tree, cache = draft_tree(d.config, s, 7, TreeDrafter(kind, thr), d.params, st.cache_d,
+                                     st.tokens, st.length, jax.random.PRNGKey(3))
+            n = int(tree.n_nodes)
+            assert lo <= n <= hi and int(cache.length) == len(PROMPT) + n
+            par, tok = np.asarray(tree.parent), np.asarray(tree.tokens)
+            anc, dep = _tree_arrays([-1] + list(par[1:n + 1]))
+            assert all(0 <= par[i] < i for i in range(1, n + 1)) and (par[n + 1:] == -1).all()
+            assert np.array_equal(np.asarray(tree.ancestors)[:n + 1, :n + 1], np.asarray(anc))
+            assert np.array_equal(np.asarray(tree.depth)[:n + 1], np.asarray(dep))
+            for v in range(n + 1):
+                kids = tok[1:n + 1][par[1:n + 1] == v]
+                assert len(set(kids)) == len(kids)
+            if thr == 0.0:
+                assert np.bincount(par[1:]).max() >= 2  # it branches
+                if kind == "top":  # best-first: the root's first child is the drafter's argmax
+                    assert tok[1] == int(np.argmax(np.asarray(tree.q[0])))
+
+
+# ------------------------------------------------------------------ exactness of the law
+def exact_law(model, sampling):
+    return _exact_law(model, PROMPT, sampling, V, 3)
+
+
+def sample_tree(private, drafter, sampling, n_nodes, strategy, rule, n_runs, seed=0, n=3):
+    """First n emitted tokens of `n_runs` independent tree runs (vmapped steps), and the
+    fraction of first-step trees with a node of >= 2 children (the trees must branch)."""
+    rows = 32
+    s0 = init_tree_state(private, drafter, PROMPT, rows, n_nodes, 0)
+    states = jax.vmap(lambda k: s0.replace(key=k))(jax.random.split(jax.random.PRNGKey(seed), n_runs))
+    step = jax.jit(jax.vmap(functools.partial(tree_step_fn, private.config, drafter.config, sampling,
+                                              n_nodes, strategy, rule), in_axes=(None, None, 0)))
+    branched = None
+    for _ in range(n):  # each step emits >= 1 token
+        states, info = step(private.params, drafter.params, states)
+        if branched is None:
+            par = info.tree.parent  # (R, M)
+            kids = jnp.sum(par[:, :, None] == jnp.arange(n_nodes + 1)[None, None, :], axis=1)  # (R, M)
+            branched = float(jnp.mean(jnp.max(kids, axis=-1) >= 2))
+    assert int(jnp.min(states.length)) >= len(PROMPT) + n
+    return np.asarray(states.tokens[:, 0, len(PROMPT):len(PROMPT) + n]), branched
+
+
+def _pair(case):
+    if case == "llama-vs-gpt2":
+        return (tiny_model("llama", seed=21, vocab_size=V, std=1.0),
+                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0, n_layers=1))
+    p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
+    return p, p.truncated(1)
+
+
+CASES = [  # (pair, target law, N, drafter, negative controls)
+    ("llama-vs-gpt2", Sampling(1.0), 6, TreeDrafter("sample"), (WithReplacementRule(),)),
+    ("truncated", Sampling(0.8, top_k=4), 5, TreeDrafter("top"), (AcceptFirstChild(),)),
+    ("truncated", Sampling(1.3, top_p=0.9), 6, TreeDrafter("sample", threshold=0.1), ()),
+]
+
+
+@pytest.mark.parametrize("case,sampling,n_nodes,strategy,controls", CASES)
+def test_tree_output_law_is_exact_and_negative_controls_fail(case, sampling, n_nodes, strategy, controls):
+    private, drafter = _pair(case)
+    law = exact_law(private, sampling)
+    n_runs = 20000
+    samples, branched = sample_tree(private, drafter, sampling, n_nodes, strategy, RecursiveRule(),
+                                    n_runs, seed=1)
+    assert branched > 0.5, branched  # most trees branch
+    pval, tv, thr = _law_test(samples, law, V)
+    assert pval > 1e-3 and tv < thr, (pval, tv, thr)
+    for rule in controls:  # each fails by a wide margin (TV ≈ 0.15 and ≈ 1 against ≈ 0.02)
+        bad, _ = sample_tree(private, drafter, sampling, n_nodes, strategy, rule, 8000, seed=1)
+        bpval, btv, _ = _law_test(bad, law, V)
+        assert bpval < 1e-6 and btv > thr, (rule, bpval, btv, thr)
+
+
+# ------------------------------------------------------------------ greedy, loop, CLI-level checks
+def _model(family="llama"):
+    return tiny_model(family, seed=30, n_layers=2, std=0.7, max_seq_len=128)
+
+
+@pytest.mark.parametrize("family,n_nodes", [("llama", 6), ("gpt2", 1)])
+def test_greedy_tree_equals_greedy_plain(family, n_nodes):
+    private = _model(family)
+    drafter = private.truncated(1)
+    g = Sampling(0.0)
+    plain = generate_plain(private, [5, 9, 11], 24, g)
+    tree = generate_tree(private, drafter, [5, 9, 11], 24, n_nodes, g)
+    assert tree.tokens == plain.tokens
+    assert tree.extra["tree_kind"] == "top" and tree.extra["nodes_per_step"][0] == n_nodes
+
+
+def test_self_drafting_tree_accepts_a_full_depth_path_and_compiles_once():
+    """With the private model as its own drafter every step accepts a root-to-leaf path
+    (the walk never rejects a child drawn from p itself), and the loop compiles once."""
+    m = tiny_model("llama", seed=33, n_layers=2, std=0.7, max_seq_len=96, d_model=40)
+    TRACES.clear()
+    r = generate_tree(m, m, [3, 4], 30, 4, Sampling(1.0), seed=5)
+    assert TRACES["tree_step"] == 1
+    assert all(n >= 1 for n in r.accepted_per_step[:-1]) and r.tokens_per_step > 2
+    generate_tree(m, m, [3, 4, 5, 6], 20, 4, Sampling(1.0), seed=6)
+    assert TRACES["tree_step"] == 1
+
+
+def test_tokens_per_step_trees_vs_chain(capsys):
+    """Reports mean tokens per step (128 vmapped runs × 6 steps) of trees N = 4, 16 and
+    the chain γ = 4 on a tiny pair whose drafter is the private model's first 3 of 4
+    layers (`scripts/tree_tokens_per_step.py` makes the fuller table); more nodes give
+    more tokens per step."""
+    from pspec_jax.decode import SpeculativeRule, spec_step_fn
+    from pspec_jax.decode.tree import default_drafter
+
+    private = tiny_model("llama", seed=34, n_layers=4, std=0.4, vocab_size=32, max_seq_len=256)
+    drafter = private.truncated(3)
+    s = Sampling(1.0)
+    prompt = [1, 2, 3, 4, 5]
+
+    def tokens_per_step(fn, s0, runs=128, steps=6):
+        states = jax.vmap(lambda k: s0.replace(key=k))(jax.random.split(jax.random.PRNGKey(0), runs))
+        step = jax.jit(jax.vmap(fn, in_axes=(None, None, 0)))
+        acc = 0.0
+        for _ in range(steps):
+            states, info = step(private.params, drafter.params, states)
+            acc += float(jnp.mean(info.n_accepted))
+        return 1 + acc / steps
+
+    rows = {"chain γ=4": tokens_per_step(
+        functools.partial(spec_step_fn, private.config, drafter.config, s, 4, SpeculativeRule()),
+        init_spec_state(private, drafter, prompt, 64, 0))}
+    for n in (4, 16):
+        rows[f"tree N={n}"] = tokens_per_step(
+            functools.partial(tree_step_fn, private.config, drafter.config, s, n, default_drafter(s),
+                              RecursiveRule()), init_tree_state(private, drafter, prompt, 64, n, 0))
+    with capsys.disabled():
+        print("\n" + ", ".join(f"{k}: {v:.2f} tokens/step" for k, v in rows.items()))
+    assert 1.5 < rows["tree N=4"] < rows["tree N=16"]
+
+
+def test_bad_tree_budget():
+    m = _model()
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(UserError, match="tree"):
+            generate_tree(m, m.truncated(1), [1, 2], 4, bad)
+    with pytest.raises(UserError, match="context"):
+        generate_tree(m, m.truncated(1), list(range(60)) * 2, 8, 16)
+    with pytest.raises(UserError, match="kind"):
+        TreeDrafter("beam")
+
+
+# ------------------------------------------------------------------ the command line
+def _run(capsys, *argv):
+    from pspec_jax.cli import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_tree_json_matches_the_library(capsys, tiny_folder):
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    from pspec_jax.models import load_model
+
+    priv, pub = tiny_folder("private", seed=1, std=0.7), tiny_folder("public", seed=2, n_layers=1)
+    rc, out, err = _run(capsys, "generate", "the theme", "--mode", "spec", "--tree", "5", "--adaptive",
+                        "--private", str(priv), "--public", str(pub), "--max-new-tokens", "9",
+                        "--seed", "4", "--json", "--ignore-eos")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["tree"] == 5 and d["adaptive"] is True and len(d["tokens"]) == 9
+    assert len(d["nodes_per_step"]) == d["steps"] and all(1 <= n <= 5 for n in d["nodes_per_step"])
+    ids = PreTrainedTokenizerFast.from_pretrained(str(priv))("the theme")["input_ids"]
+    ref = generate_tree(load_model(priv), load_model(pub), ids, 9, 5, Sampling(1.0), seed=4, adaptive=True)
+    assert d["tokens"] == ref.tokens and d["accepted_per_step"] == ref.accepted_per_step
+    rc, out, err = _run(capsys, "generate", "the theme", "--tree", "5", "--adaptive", "--private", str(priv),
+                        "--public", str(pub), "--max-new-tokens", "4", "--seed", "1")
+    assert rc == 0 and "tree of <= 5 nodes" in err and "adaptive" in err, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--tree", "0"], "must be an integer >= 1, got 0"),
+    (["--tree", "-2"], "must be an integer >= 1"),
+    (["--mode", "plain", "--tree", "4"], "--tree does not apply to --mode plain"),
+    (["--mode", "secure", "--tree", "4"], "--tree does not apply to --mode secure"),
+    (["--mode", "post", "--tree", "4"], "not supported yet"),
+    (["--adaptive"], "--adaptive needs --tree"),
+    (["--tree", "4", "--gamma", "3"], "not both"),
+])
+def test_cli_tree_bad_options_one_line_errors(capsys, argv, msg):
+    rc, out, err = _run(capsys, "generate", "hi", *argv, "--private", "/nonexistent/model")
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("pspec: error: "), err
+    assert msg in lines[0], lines[0]
+
+
+@pytest.mark.slow  # two minutes of secure compilation on 2 cores
+def test_secure_attention_takes_the_tree_mask():
+    """The secure backend runs the same tree pass: SecureOps.attention with the tree mask
+    (embedding at positions by depth, blocks, head) gives the plain tree pass's logits."""
+    import mpc
+    from pspec_jax.models import arch
+    from pspec_jax.secure import SecureSession
+
+    b = tiny_model("llama", seed=3)
+    sess = SecureSession(b.config, b.params, max_len=16, seed=b"tree-tests")
+    prefix = [5, 9, 11]
+    sess.forward(jnp.asarray(prefix, jnp.int32), with_logits=False)
+    anc, depth = _tree_arrays(PARENT)
+    ids = jnp.asarray(TOKENS, jnp.int32)[None]
+    base = len(prefix)
+    positions = base + depth
+    mask = tree_mask(base, anc, 16)
+    ops = sess.ops
+    block = mpc.secure_jit(lambda ctx, lp, x, lc, start, rope, mask:
+                           arch.block(b.config, lp, x, lc, start, rope, ops, mask))
+    params = sess.params
+    x = sess._embed(sess.ctx, {k: params[k] for k in ("embed",)}, ids, positions)
+    rope = arch.rope_tables(positions, b.config.head_dim, b.config.rope_theta)
+    for i in range(b.config.n_layers):
+        _, x = block(sess.ctx, params["layers"][i], x, sess.cache.layers[i], jnp.int32(base), rope, mask)
+    got = sess.reveal_logits(sess._head(sess.ctx, {k: v for k, v in params.items()
+                                                   if k in ("embed", "final_norm", "lm_head")}, x))
+    cache = prefill(b.config, b.params, prefix, 16)
+    ref, _ = fwd(b.config, b.params, ids, cache, positions=positions, mask=mask)
+    assert np.abs(np.asarray(got) - np.asarray(ref)).max() < 0.02
