@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -19,16 +17,7 @@ import numpy as np
 import mpc  # noqa: F401  (enables 64-bit JAX types)
 from mpc import dcf
 from mpc.prg import derive_keys, request_words
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from pspec_jax.benchmarks.mpc import median_seconds
 
 
 def bench(n_bits: int, count: int, out_bits: int, repeats: int) -> dict:
@@ -37,10 +26,10 @@ def bench(n_bits: int, count: int, out_bits: int, repeats: int) -> dict:
     words = request_words(keys[2], 0, 3 * count)
     alpha = words[:count] & np.uint64((1 << n_bits) - 1)
     beta, x = words[count:2 * count], words[2 * count:] & np.uint64((1 << n_bits) - 1)
-    keygen_s = _median_seconds(lambda: dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits),
+    keygen_s = median_seconds(lambda: dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits),
                                repeats)
     key0, key1 = dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits)
-    eval_s = _median_seconds(lambda: dcf.dcf_eval(0, key0, x, out_bits=out_bits), repeats)
+    eval_s = median_seconds(lambda: dcf.dcf_eval(0, key0, x, out_bits=out_bits), repeats)
     total = (np.asarray(dcf.dcf_eval(0, key0, x, out_bits=out_bits))
              + np.asarray(dcf.dcf_eval(1, key1, x, out_bits=out_bits))) & np.uint64((1 << out_bits) - 1)
     if not np.array_equal(total, np.where(x < alpha, beta & np.uint64((1 << out_bits) - 1), 0)):
