@@ -13,8 +13,12 @@ Public API:
   train:    TrainConfig, make_optimizer, make_step, train(student, pool, tc, ckpt_dir=...), Checkpoints
   evaluate: cached_eval_set, acceptance(eval_set, config, params) -> {"acceptance_rate", ...},
             tokens_per_step(alpha, gamma)
-  export:   save_drafter(out, ...), materialize(delta_dir, out), default_drafter() (what the
-            demo uses)
+  export:   save_drafter(out, ...), materialize(delta_dir, out) (over the public base),
+            rebuild(base, preset, seed, delta_file), default_drafter() (what the demo uses),
+            default_drafter_stages() (base / before / after distillation)
+  private:  the default private model, the server's fine-tune of the base: its data
+            (pool(tokenizer, split, seq_len) over pydoc_data.topics), ensure_built(base),
+            domain_loss, greedy_divergence; scripts/make_private.py trains it
 CLI: `pspec distill`, `pspec eval-acceptance`.
 """
 

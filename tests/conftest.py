@@ -19,7 +19,7 @@ os.environ.setdefault("PSPEC_NO_JIT_CACHE", "1")
 # is free. (xdist's own `--dist loadgroup` did not group here: pytest 9.2, xdist 3.8.)
 ONE_WORKER = frozenset(f"tests/test_{name}.py" for name in (
     "post_smollm2", "secure_fidelity", "secure_smollm2", "wide_models", "models_smollm2", "spec_smollm2",
-    "distill_smollm2"))
+    "distill_smollm2", "private"))
 SPREAD = frozenset({"tests/test_runtime.py"})
 
 

@@ -10,19 +10,19 @@ import pytest
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
-def test_lora_delta_materializes_the_same_drafter(smollm2, tmp_path):
+def test_lora_delta_materializes_the_same_drafter(tmp_path):
     from distill import export, students
-    from pspec_jax.models import load_model
+    from pspec_jax.models import load_default_base, load_model
 
-    private, _ = smollm2
-    st = students.build_student("trunc2-lora4", private.config, private.params, seed=0)
+    base_model = load_default_base()  # a drafter is built over the public base
+    st = students.build_student("trunc2-lora4", base_model.config, base_model.params, seed=0)
     trained, base = st.split()
     # a non-trivial delta: B != 0
     trained = {k: (v + 0.01 if k.endswith("['b']") else v) for k, v in trained.items()}
     params = students.merge(trained, base)
     meta = {"teacher": "DEFAULT", "student": st.name, "seed": 0}
     out = export.save_drafter(tmp_path / "d", st.config, students.effective(params),
-                              private.tokenizer, meta, trained=trained)
+                              base_model.tokenizer, meta, trained=trained)
     assert (out / export.DELTA).stat().st_size < export.DELTA_LIMIT
     rebuilt = export.materialize(out, tmp_path / "r")
     a, b = load_model(out), load_model(rebuilt)
@@ -31,7 +31,7 @@ def test_lora_delta_materializes_the_same_drafter(smollm2, tmp_path):
     assert json.loads((rebuilt / export.META).read_text())["student"] == "trunc2-lora4"
 
 
-def test_untrained_truncated_drafter_alpha_is_low(smollm2, capsys):
+def test_untrained_truncated_drafter_alpha_is_low(capsys):
     """The untrained 8-layer truncation accepts rarely (α ≈ 0.06 on this machine)."""
     from pspec_jax import cli
 
@@ -40,18 +40,19 @@ def test_untrained_truncated_drafter_alpha_is_low(smollm2, capsys):
     assert 0.02 < res["acceptance_rate"] < 0.15
 
 
-def test_default_drafter_is_rebuilt_when_the_shipped_delta_changes(smollm2, tmp_path, monkeypatch):
+def test_default_drafter_is_rebuilt_when_the_shipped_delta_changes(tmp_path, monkeypatch):
     from distill import export, students
+    from pspec_jax.models import load_default_base
 
-    private, _ = smollm2
-    st = students.build_student("keep0.3-lora2", private.config, private.params, seed=0)
+    base_model = load_default_base()
+    st = students.build_student("keep0.3-lora2", base_model.config, base_model.params, seed=0)
     trained, base = st.split()
     meta = {"teacher": "DEFAULT", "student": st.name, "seed": 0}
 
     def ship(shift):
         t = {k: (v + shift if k.endswith("['b']") else v) for k, v in trained.items()}
         export.save_drafter(tmp_path / "ship", st.config, students.effective(students.merge(t, base)),
-                            private.tokenizer, meta, trained=t)
+                            base_model.tokenizer, meta, trained=t)
 
     home = tmp_path / "home" / "default"
     monkeypatch.setattr(export, "SHIPPED", tmp_path / "ship")

@@ -13,9 +13,10 @@ come from few tokens. A second, larger sample of the acceptance comes from plain
 speculative decoding of the same pair with the same sampling — it emits exactly the same
 law and accepts with exactly the same probabilities, so its tokens per step are those
 POST would have — over 6 prompts × 32 tokens; the "projected" speed-up divides a POST
-step's measured secure cost by those tokens per step. The untrained truncated drafter
-(the "before" row) is only projected: a step's secure cost does not depend on the
-drafter, apart from drafting time, which is measured for it in the clear. The secure
+step's measured secure cost by those tokens per step. The drafter's baselines — the public
+base as drafter (no distillation) and the base-derived drafter before distillation — are
+only projected: a step's secure cost does not depend on the drafter, apart from drafting
+time, which is measured for each in the clear. The secure
 part is saved to OUT/decode_secure.json; `--reuse-secure` re-projects from it (e.g. for a
 new drafter) without the hour of secure runs.
 """
@@ -149,8 +150,6 @@ def projected_rows(private, drafters: dict[str, Any], secure: dict[str, Any], pr
     for name, drafter in drafters.items():
         for g, c in sorted(secure["step_costs"].items(), key=lambda kv: int(kv[0])):
             gamma = int(g)
-            if "untrained" in name and gamma > 4:
-                continue  # it accepts ~6% of drafts: long steps only add drafting time
             t0 = time.perf_counter()
             acc = _plain_acceptance(private, drafter, prompts, gamma, sampling, tokens)
             draft = _drafting_seconds(drafter, prompts[0], gamma, sampling) - c["draft_s"]
@@ -268,11 +267,11 @@ def run_bench(args) -> dict:
     import json
     import sys
 
-    from pspec_jax.commands.generate import default_drafter
+    from distill.export import default_drafter_stages
     from pspec_jax.decode import Sampling
     from pspec_jax.decode.common import check_gamma
     from pspec_jax.decode.post import check_privacy
-    from pspec_jax.models import DEFAULT_DRAFTER_LAYERS, load_default_private, load_model
+    from pspec_jax.models import load_default_private, load_model
 
     gammas = tuple(args.gammas or ((2, 4) if args.quick else GAMMAS))
     for g in gammas:
@@ -286,9 +285,13 @@ def run_bench(args) -> dict:
     # Read the saved secure runs before the models load: a bad file fails in a second.
     secure = load_secure_costs(costs_path) if args.reuse_secure else None
     private = load_default_private()
-    aligned = load_model(args.public, name="drafter") if args.public else default_drafter(private)
-    untrained = f"truncated{DEFAULT_DRAFTER_LAYERS} (untrained)"
-    drafters = {aligned.name: aligned, untrained: private.truncated(DEFAULT_DRAFTER_LAYERS)}
+    if args.public:
+        aligned = load_model(args.public, name="drafter")
+        drafters = {aligned.name: aligned}
+    else:  # the shipped drafter first, then its baselines (base as drafter, before distillation)
+        stages = default_drafter_stages(quiet=True)
+        aligned = list(stages.values())[-1]
+        drafters = {aligned.name: aligned, **{n: d for n, d in stages.items() if d is not aligned}}
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if secure is None:
         prompts = heldout_prompts(private.tokenizer, args.prompts)

@@ -102,7 +102,7 @@ def plot(rows: list[dict], path: Path, model: str = "SmolLM2-135M") -> Path:
 
 
 def run_bench(args) -> dict:
-    from pspec_jax.models import load_default_private, load_model
+    from pspec_jax.models.default import resolve_private
     from pspec_jax.models.bundle import shaped_model
     from pspec_jax.secure import SecureSession
 
@@ -110,10 +110,8 @@ def run_bench(args) -> dict:
     tokens = (1, 2, 4) if args.quick else TOKENS
     if getattr(args, "shape", None):
         bundle = shaped_model(args.shape, max_seq_len=context + max(tokens))
-    elif getattr(args, "private", None):
-        bundle = load_model(args.private)
     else:
-        bundle = load_default_private()
+        bundle = resolve_private(getattr(args, "private", None))
     session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens), tokenizer=bundle.tokenizer)
     fidelity = fidelity_row(session, bundle)
     rows = forward_rows(bundle, context, tokens, repeats=args.repeats if args.repeats < 5 else 3, session=session)

@@ -15,8 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--out", default="out", help="folder for plots (default: out)")
     forward = parser.add_argument_group("forward (one secure pass over T tokens)")
-    forward.add_argument("--private", metavar="PATH", default=None,
-                         help="the private model (HF folder or .gguf; default: SmolLM2-135M-Instruct)")
+    forward.add_argument("--private", metavar="MODEL", default=None,
+                         help="the private model: DEFAULT (the fine-tune), base, or an HF folder / .gguf")
     forward.add_argument("--shape", default=None,
                          help="instead, random weights of a real shape: gpt2-small, smollm2-135m, d960, llama7b-layer")
     decode = parser.add_argument_group("decode (POST vs standard secure decoding)")

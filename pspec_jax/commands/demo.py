@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if req.sampling.greedy:
         from pspec_jax.decode import generate_plain
 
-        ref = generate_plain(req.private, req.prompt_ids, args.max_new_tokens, req.sampling,
+        # The demo plays all three roles: only this check loads the private weights here.
+        private = G.load_private(gen.parse_args(argv)) if real else req.private
+        ref = generate_plain(private, req.prompt_ids, args.max_new_tokens, req.sampling,
                              args.seed, req.eos_id)
         same = ref.tokens == res.tokens
         print(f"plain greedy decoding of the private model in the clear gives the "

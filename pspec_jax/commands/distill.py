@@ -24,6 +24,10 @@ from pspec_jax.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="DEFAULT",
                    help="the private model: DEFAULT (SmolLM2-135M-Instruct) or a model folder/GGUF")
+    p.add_argument("--base", default="auto",
+                   help="the public weights the student is built from: auto (the public base "
+                        "SmolLM2-135M-Instruct for --teacher DEFAULT or base; the teacher itself "
+                        "for any other teacher), base, or a model folder")
     p.add_argument("--student", default="trunc8",
                    help="drafter preset: trunc{k}[-all|-last{n}|-norms|-lora{r}], keep{blocks}[-...] "
                         "(e.g. keep0-13.20-29-lora16: blocks 0..13 and 20..29) or fresh{n}[-ff{F}]")
@@ -62,11 +66,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_teacher(spec: str):
-    from pspec_jax.models import load_default_private, load_model
+    from pspec_jax.models.default import resolve_private
 
-    if spec.upper() == "DEFAULT":
-        return load_default_private()
-    return load_model(spec)
+    return resolve_private(spec)
+
+
+def _student_base(spec: str, teacher_spec: str, teacher):
+    """(what the recipe records, the bundle) of the weights the student is built from. For
+    the default teacher it is the public base: the drafter must hold public weights only."""
+    from pspec_jax.models import check_same_tokenizer, load_default_base, load_model
+
+    default_teacher = teacher_spec.upper() == "DEFAULT" or teacher_spec.lower() == "base"
+    if spec == "auto":
+        spec = "base" if default_teacher else "teacher"
+    if spec == "teacher":
+        return teacher_spec, teacher
+    if spec.lower() == "base":
+        base, recorded = load_default_base(), "DEFAULT"
+    else:
+        base, recorded = load_model(spec), spec
+    if base.config.vocab_size != teacher.config.vocab_size:
+        raise UserError(f"--base has {base.config.vocab_size} tokens, the teacher "
+                        f"{teacher.config.vocab_size}")
+    if base.tokenizer is not None and teacher.tokenizer is not None:
+        check_same_tokenizer(teacher.tokenizer, base.tokenizer, "teacher", "--base")
+    return recorded, base
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("the teacher has no tokenizer (needed for prompts and the corpus)")
     if args.seq_len > tcfg.max_seq_len:
         raise UserError(f"--seq-len {args.seq_len} exceeds the teacher's context {tcfg.max_seq_len}")
-    student = students.build_student(args.student, tcfg, tparams, seed=args.seed)
+    base_spec, base = _student_base(args.base, args.teacher, teacher)
+    student = students.build_student(args.student, base.config, base.params, seed=args.seed)
     eos = tok.eos_token_id
     train_prompts = [format_prompt(tok, p) for p in TRAIN]
     log(f"student {student.name}: {students.count(student.split()[0]):,} trained params of "
@@ -171,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "command": "pspec distill " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if len(sys.argv) > 1 and sys.argv[1] == "distill" else None,
-        "teacher": args.teacher, "student": student.name, "loss": args.loss, "data": args.data,
+        "teacher": args.teacher, "base": base_spec, "student": student.name, "loss": args.loss, "data": args.data,
         "tokens": steps * args.batch * args.seq_len, "steps": steps, "seed": args.seed,
         "steps_run": result.steps, "tokens_run": result.steps * args.batch * args.seq_len,
         "lr": args.lr, "batch": args.batch, "seq_len": args.seq_len, "topk": args.topk,

@@ -115,8 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="reproduce a run (tests, benchmarks). Without it the client's "
                              "randomness comes from os.urandom; a seeded run is NOT private")
-    parser.add_argument("--private", metavar="PATH", default=None,
-                        help="private model: HF folder or .gguf (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--private", metavar="MODEL", default=None,
+                        help="private model: DEFAULT (the server's fine-tune of SmolLM2-135M-Instruct), "
+                             "base (the public base itself), or an HF folder / .gguf")
     parser.add_argument("--public", metavar="PATH", default=None,
                         help="drafter: HF folder or .gguf (default: the distilled drafter if "
                              "`pspec distill` made one, else the private model truncated)")
@@ -142,25 +143,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_private(args: argparse.Namespace):
-    from pspec_jax.models import load_default_private, load_model
+    from pspec_jax.models.default import resolve_private
 
-    return load_model(args.private) if args.private else load_default_private()
+    return resolve_private(args.private)
+
+
+def load_private_public(args: argparse.Namespace):
+    from pspec_jax.models.default import resolve_private_public
+
+    return resolve_private_public(args.private)
 
 
 def default_drafter(private):
-    """The drafter used when none is named: for the default private model, the distilled
-    one (`distill.export.default_drafter`: built once into $PSPEC_HOME/drafters/default
-    from the shipped deltas, or the one `pspec distill` wrote there), else (and for any
-    other private model) the private model truncated to DEFAULT_DRAFTER_LAYERS layers."""
+    """The drafter used when none is named: for the default private model (or the base), the
+    distilled one (`distill.export.default_drafter`: built once into $PSPEC_HOME/drafters/
+    default from the public base and the shipped delta, or the one `pspec distill` wrote
+    there), else (any other private model) the private model truncated to
+    DEFAULT_DRAFTER_LAYERS layers — a stand-in for tests and one's own models, where the
+    caller holds both."""
     from pspec_jax.models import DEFAULT_DRAFTER_LAYERS
+    from pspec_jax.models.default import BASE_NAME, PRIVATE_NAME
 
-    if private.name == "smollm2-135m-instruct":
-        try:
-            from distill.export import default_drafter as distilled
-        except ImportError:
-            distilled = None
-        if distilled is not None:
-            return distilled()
+    if private.name in (PRIVATE_NAME, BASE_NAME):
+        from distill.export import default_drafter as distilled
+
+        return distilled()
+    if not private.params:
+        raise UserError("name the drafter with --public: the client holds no weight of the private "
+                        "model to truncate")
     return private.truncated(min(DEFAULT_DRAFTER_LAYERS, private.config.n_layers))
 
 
@@ -173,6 +183,9 @@ def load_drafter(args: argparse.Namespace, private):
         return load_model(args.public)
     if args.drafter_layers is None:
         return default_drafter(private)
+    if not private.params:
+        raise UserError("--drafter-layers truncates the private model, which the client does not "
+                        "hold in a real run; name a drafter with --public")
     return private.truncated(args.drafter_layers)
 
 
@@ -389,7 +402,8 @@ def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
     if args.server or args.dealer:
         runner = remote_runner(args)
     enable_compilation_cache()
-    private = load_private(args)
+    # A real run's client knows the private model's config and tokenizer, never a weight.
+    private = load_private_public(args) if args.server or args.dealer else load_private(args)
     ids = encode_prompt(private.tokenizer, prompt, args.chat)
     if not ids:
         raise UserError("the prompt encodes to no tokens")

@@ -15,8 +15,8 @@ from pspec_jax.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="where clients connect")
     parser.add_argument("--dealer", required=True, metavar="HOST:PORT", help="the dealer's address")
-    parser.add_argument("--private", metavar="PATH", default=None,
-                        help="the private model (HF folder or GGUF; default: the default private model)")
+    parser.add_argument("--private", metavar="MODEL", default=None,
+                        help="the private model: DEFAULT (the fine-tune), base, or an HF folder / GGUF")
     parser.add_argument("--max-len", type=int, default=2048, dest="max_len",
                         help="the largest KV cache a client may ask for (default 2048)")
     parser.add_argument("--sessions", type=int, default=None,

@@ -32,7 +32,7 @@ from pspec_jax.models.bundle import ModelBundle, load_model, tiny_model, to_devi
 from pspec_jax.models.cache import KVCache, init_cache
 from pspec_jax.models.config import ModelConfig, tiny_config
 from pspec_jax.models.default import (DEFAULT_DRAFTER_LAYERS, fetch_default, is_fetched,
-                                      load_default_drafter, load_default_pair,
+                                      load_default_base, load_default_drafter, load_default_pair,
                                       load_default_private, pspec_home)
 from pspec_jax.models.loaders import (load_gguf, load_hf_folder, params_from_hf_state_dict,
                                       save_hf_folder)
@@ -44,7 +44,8 @@ __all__ = [
     "DEFAULT_DRAFTER_LAYERS", "GPT2", "KVCache", "Llama", "ModelBundle", "ModelConfig", "Ops",
     "PLAIN", "PlainOps", "Transformer", "check_same_tokenizer", "fetch_default", "forward",
     "forward_jit",
-    "init_cache", "init_params", "is_fetched", "load_default_drafter", "load_default_pair",
+    "init_cache", "init_params", "is_fetched", "load_default_base", "load_default_drafter",
+    "load_default_pair",
     "load_default_private", "load_gguf", "load_hf_folder", "load_model", "load_tokenizer",
     "param_count", "params_from_hf_state_dict", "pspec_home", "rope_tables", "save_hf_folder",
     "tiny_config", "tiny_model", "to_device", "truncate_params",

