@@ -36,9 +36,9 @@ DELTA_LIMIT = 8 * 2**20  # bytes: float32 up to this size, else float16 (what go
 SHIPPED = Path(__file__).resolve().parent / "drafters" / "default"
 DEFAULT_NAME = "default"
 # The recipe of the default drafter (README; scripts/distill_table.py records measured runs).
-DEFAULT_COMMAND = ("pspec distill --teacher DEFAULT --student keep0-3.5-13.18-25.27-29-lora16 "
-                   "--loss tv --data teacher --tokens 230000 --rounds 3 --lr 3e-3 --warmup 10 "
-                   "--seed 0 --time-limit 78 --out $PSPEC_HOME/drafters/default")
+DEFAULT_COMMAND = ("pspec distill --teacher DEFAULT --student trunc30-lora8 --loss tv --data teacher "
+                   "--tokens 100000 --lr 3e-3 --warmup 10 --seed 0 --time-limit 35 "
+                   "--out $PSPEC_HOME/drafters/default")
 
 
 def default_drafter_dir() -> Path:
@@ -147,8 +147,11 @@ def default_drafter_stages(quiet: bool = False) -> dict[str, Any]:
     out = {f"base ({base.name}, no distillation)": base}
     if "student" in meta:
         st = students.build_student(meta["student"], base.config, base.params, seed=int(meta.get("seed", 0)))
-        out[f"{st.name} before distillation"] = ModelBundle(
-            st.config, students.effective(st.params), base.tokenizer, f"{st.name}-untrained")
+        if st.config == base.config:  # every block kept: untrained (B = 0), it is the base itself
+            out = {f"base ({base.name}) = {st.name} before distillation": base}
+        else:
+            out[f"{st.name} before distillation"] = ModelBundle(
+                st.config, students.effective(st.params), base.tokenizer, f"{st.name}-untrained")
     out[f"{after.name} (distilled, shipped)"] = after
     return out
 

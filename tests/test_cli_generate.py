@@ -343,15 +343,16 @@ def test_generate_default_pair_json(capsys, smollm2):
                         "--max-new-tokens", "10", "--json")
     assert rc == 0, err
     d = json.loads(out)
-    assert d["text"] == ", the city of Nova Haven was a thriving metropolis" and d["mode"] == "spec"
+    # the private fine-tune's greedy continuation (the public base's: ", the city of Nova Haven …")
+    assert d["text"] == ", the world was divided into two, and the" and d["mode"] == "spec"
 
 
 @pytest.mark.model
 def test_demo_and_fetch(capsys, smollm2):
     rc, out, err = _run(capsys, "fetch")
-    assert rc == 0 and "smollm2-135m-instruct" in out
+    assert rc == 0 and "smollm2-135m-instruct" in out and "smollm2-135m-pydoc" in out
     rc, out, err = _run(capsys, "demo", "--mode", "spec", "--max-new-tokens", "8")
     assert rc == 0, err
-    assert "prompt: 'Once upon a time'" in out and ", the city of Nova Haven" in out
+    assert "prompt: 'Once upon a time'" in out and ", the world was divided" in out
     assert "tokens/step" in err and "α " in err
     assert "same tokens" in out

@@ -1,4 +1,5 @@
-"""The default private model, SmolLM2-135M-Instruct (fetched on first use)."""
+"""The default models: the public base SmolLM2-135M-Instruct (fetched on first use) and the
+private fine-tune built from it."""
 
 from __future__ import annotations
 
@@ -38,31 +39,35 @@ def test_default_model_config_and_tokenizer(smollm2):
     assert ids.count(1) == 3 and ids.count(2) == 2  # <|im_start|>, <|im_end|> are single tokens
 
 
-def test_greedy_continuation_matches_reference(smollm2):
-    private, _ = smollm2
-    tok = private.tokenizer
-    r = generate_plain(private, tok("Once upon a time")["input_ids"], 10, Sampling(0.0))
+def test_greedy_continuation_matches_reference():
+    from pspec_jax.models import load_default_base
+
+    base = load_default_base()
+    tok = base.tokenizer
+    r = generate_plain(base, tok("Once upon a time")["input_ids"], 10, Sampling(0.0))
     assert tok.decode(r.tokens) == REFERENCE
 
 
-def test_converted_folder_matches_transformers_pytorch(smollm2):
-    """The converted folder is a valid HF checkpoint; PyTorch's LlamaForCausalLM on it gives
-    our logits and the same greedy continuation."""
+def test_converted_folders_match_transformers_pytorch(smollm2):
+    """The converted base and the built private model are valid HF checkpoints: PyTorch's
+    LlamaForCausalLM on each gives our logits (and, on the base, the same greedy
+    continuation)."""
     torch = pytest.importorskip("torch")
     from transformers import LlamaForCausalLM
 
-    from pspec_jax.models import forward
-    from pspec_jax.models.default import default_model_dir
+    from pspec_jax.models import forward, load_default_base
+    from pspec_jax.models.default import PRIVATE_NAME, default_model_dir, pspec_home
 
-    private, _ = smollm2
-    ids = private.tokenizer("Once upon a time, the city of Nova Haven was")["input_ids"]
-    ref = LlamaForCausalLM.from_pretrained(str(default_model_dir()), dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = ref(torch.tensor([ids])).logits.numpy()
-        gen = ref.generate(torch.tensor([ids[:4]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
-                           max_new_tokens=10, do_sample=False)
-    assert private.tokenizer.decode(gen[0, 4:]) == REFERENCE
-    got, _ = forward(private.config, private.params, jnp.asarray([ids], jnp.int32))
-    err = float(np.max(np.abs(np.asarray(got) - want)))
-    assert err < 2e-3, err
-    assert (np.argmax(np.asarray(got), -1) == np.argmax(want, -1)).all()
+    for model, folder in ((load_default_base(), default_model_dir()), (smollm2[0], pspec_home() / PRIVATE_NAME)):
+        ids = model.tokenizer("Once upon a time, the city of Nova Haven was")["input_ids"]
+        ref = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        with torch.no_grad():
+            want = ref(torch.tensor([ids])).logits.numpy()
+            gen = ref.generate(torch.tensor([ids[:4]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                               max_new_tokens=10, do_sample=False)
+        if folder == default_model_dir():
+            assert model.tokenizer.decode(gen[0, 4:]) == REFERENCE
+        got, _ = forward(model.config, model.params, jnp.asarray([ids], jnp.int32))
+        err = float(np.max(np.abs(np.asarray(got) - want)))
+        assert err < 2e-3, (folder, err)
+        assert (np.argmax(np.asarray(got), -1) == np.argmax(want, -1)).all()

@@ -26,7 +26,7 @@ def test_demo_greedy_post_on_smollm2_equals_greedy_plain(capsys, smollm2):
     rc = main(["demo", "--max-new-tokens", "8", "--gamma", "4"])
     out, err = capsys.readouterr()
     assert rc == 0, out + err
-    assert "Once upon a time" in out and ", the city of Nova Haven" in out
+    assert "Once upon a time" in out and ", the world was divided" in out  # the private fine-tune's
     assert "plain greedy decoding of the private model in the clear gives the same tokens" in out
     steps = int(re.search(r"8 tokens from (\d+) secure verification passes", out).group(1))
     assert steps == spec_steps  # the same accepts as in the clear: fewer passes than tokens

@@ -19,7 +19,7 @@ def test_secure_greedy_generation_on_smollm2_equals_plain(smollm2):
     plain = generate_plain(private, ids, n, Sampling(0.0))
     sec = generate_secure(private, ids, n, Sampling(0.0))
     assert sec.tokens == plain.tokens, (private.tokenizer.decode(sec.tokens), private.tokenizer.decode(plain.tokens))
-    assert private.tokenizer.decode(sec.tokens).startswith(", the city")
+    assert private.tokenizer.decode(sec.tokens).startswith(", the world")  # the private fine-tune's
     # weights were opened once (set-up), and every pass has both parties' traffic
     assert sec.extra["setup"]["bytes_server"] > 8 * 100_000_000
     assert sec.extra["secure_passes"] == n and sec.extra["bytes_per_party"] > 0

@@ -66,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'drafter':<44} {'α':>7} " + " ".join(f"{'tok/step γ' + str(g):>13}" for g in evaluate.GAMMAS))
     for name, r in rows.items():
         print(f"{name:<44} {r['acceptance_rate']:>7.4f} "
-              + " ".join(f"{r['tokens_per_step'][g]:>13.3f}" for g in evaluate.GAMMAS))
+              + " ".join(f"{r['tokens_per_step'][str(g)]:>13.3f}" for g in evaluate.GAMMAS))
     return 0
