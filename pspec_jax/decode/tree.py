@@ -406,12 +406,12 @@ def generate_tree(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         state, info = tree_step(private.config, drafter.config, sampling, n_nodes, strategy, rule,
                                 private.params, drafter.params, state)
         n = int(info.n_accepted)
-        if t_first is None:
-            t_first, first_tokens = time.perf_counter(), min(n + 1, max_new)
         accepted.append(n)
         alphas.append(float(info.alpha))
         nodes.append(int(info.n_nodes))
         new, eos = clip_step_tokens([int(t) for t in info.emitted[: n + 1]], max_new - len(out), eos_id)
+        if t_first is None:
+            t_first, first_tokens = time.perf_counter(), len(new)
         stop = "eos" if eos else stop
         out.extend(new)
         if on_tokens:
