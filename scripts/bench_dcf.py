@@ -16,16 +16,13 @@ import numpy as np
 
 import mpc  # noqa: F401  (enables 64-bit JAX types)
 from mpc import dcf
-from mpc.prg import derive_keys, request_words
-from pspec_jax.benchmarks.mpc import median_seconds
+from pspec_jax.benchmarks.mpc import dcf_bench_words, median_seconds
 
 
 def bench(n_bits: int, count: int, out_bits: int, repeats: int) -> dict:
-    keys = derive_keys(3, b"bench-dcf")
-    roots = np.stack([request_words(k, 0, 2 * count).reshape(count, 2) for k in keys[:2]])
-    words = request_words(keys[2], 0, 3 * count)
-    alpha = words[:count] & np.uint64((1 << n_bits) - 1)
-    beta, x = words[count:2 * count], words[2 * count:] & np.uint64((1 << n_bits) - 1)
+    roots, words = dcf_bench_words(b"bench-dcf", count, 3)
+    mask = np.uint64((1 << n_bits) - 1)
+    alpha, beta, x = words[0] & mask, words[1], words[2] & mask
     keygen_s = median_seconds(lambda: dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits),
                                repeats)
     key0, key1 = dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits)

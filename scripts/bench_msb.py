@@ -22,18 +22,15 @@ import numpy as np
 
 import mpc
 from mpc import dcf
-from mpc.prg import derive_keys, request_words
 from mpc.protocols import nonlinear as NL
-from pspec_jax.benchmarks.mpc import median_seconds
+from pspec_jax.benchmarks.mpc import dcf_bench_words, median_seconds
 
 
 def _split_seconds(bits: int, count: int, repeats: int) -> tuple[float, float]:
     """(dealer keygen, one party's eval) seconds for the DCF material of `msb_dcf`."""
-    keys = derive_keys(3, b"bench-msb")
-    roots = np.stack([request_words(k, 0, 2 * count).reshape(count, 2) for k in keys[:2]])
-    words = request_words(keys[2], 0, 2 * count)
+    roots, words = dcf_bench_words(b"bench-msb", count, 2)
     mask = np.uint64((1 << bits) - 1 if bits < 64 else 2**64 - 1)
-    r, x_hat = words[:count] & mask, words[count:] & mask
+    r, x_hat = words[0] & mask, words[1] & mask
     keygen = jax.jit(lambda rw, rr: dcf.msb_keygen(rw, rr, n_bits=bits, out_bits=1))
     key0, _ = keygen(roots, r)
     evaluate = jax.jit(lambda k, xh: dcf.msb_from_opened(0, k, xh, out_bits=1))

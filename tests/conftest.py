@@ -1,4 +1,5 @@
-"""Shared fixtures: the default SmolLM2 pair (fetched on first use) and tiny tokenizers."""
+"""Shared fixtures: the default SmolLM2 pair (fetched on first use) and tiny tokenizers;
+and the in-process `pspec` runner the CLI tests share (`from conftest import run_cli`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,26 @@ def pytest_xdist_make_scheduler(config, log):
             return "smollm2" if path in ONE_WORKER else nodeid if path in SPREAD else path
 
     return Scheduling(config, log)
+
+
+def run_cli(capsys, *argv):
+    """(exit code, stdout, stderr) of `pspec *argv` run in this process."""
+    from pspec_jax.cli import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err):
+    """The CLI's answer to bad input: exit 2 and one line "pspec: error: ..." (no traceback)."""
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pspec: error: "), err
+    assert "Traceback" not in err
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Exact output laws of decoding on tiny vocabularies, and the statistical test against
-them (χ² with pooled small cells, and TV against its expected null value). Shared by the
-speculative-decoding and POST tests."""
+them (χ² with pooled small cells, and TV against its expected null value), and the tiny
+model pairs those tests draft with. Shared by the speculative-decoding, token-tree and
+POST tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from pspec_jax.models import forward
+from pspec_jax.models import forward, tiny_model
 
 
 def exact_law(model, prompt, sampling, V, n=3):
@@ -47,3 +48,13 @@ def law_test(samples, law, V):
 def _tv_threshold(law, N):
     # E|p̂ - p| ≈ sqrt(2p(1-p)/(πN)) per cell; allow 2.5× the expected null TV.
     return 2.5 * 0.5 * np.sum(np.sqrt(2 * law * (1 - law) / (np.pi * N)))
+
+
+def law_pair(case, V):
+    """(private, drafter) tiny models with vocabulary V for the law tests: "llama-vs-gpt2"
+    (two unrelated models) or "truncated" (the drafter is the private model's first layer)."""
+    if case == "llama-vs-gpt2":
+        return (tiny_model("llama", seed=21, vocab_size=V, std=1.0),
+                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0, n_layers=1))
+    p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
+    return p, p.truncated(1)

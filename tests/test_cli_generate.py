@@ -10,23 +10,8 @@ import types
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error, run_cli
 from pspec_jax.cli import main
-
-
-def _run(capsys, *argv):
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(rc, err):
-    assert rc == 2
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("pspec: error: "), err
-    assert "Traceback" not in err
 
 
 @pytest.fixture
@@ -45,7 +30,7 @@ def test_generate_json(capsys, pair, mode):
     from pspec_jax.models import load_model
 
     priv, pub = pair
-    rc, out, err = _run(capsys, "generate", "the theme", "--mode", mode, "--private", str(priv),
+    rc, out, err = run_cli(capsys, "generate", "the theme", "--mode", mode, "--private", str(priv),
                         "--public", str(pub), "--max-new-tokens", "9", "--gamma", "3",
                         "--seed", "4", "--json", "--ignore-eos")
     assert rc == 0, err
@@ -84,14 +69,14 @@ def test_unseeded_runs_differ_seeded_runs_agree(capsys, pair):
     for mode in ("plain", "spec"):
         runs = []
         for _ in range(3):
-            rc, out, err = _run(capsys, *base, "--mode", mode)
+            rc, out, err = run_cli(capsys, *base, "--mode", mode)
             assert rc == 0, err
             d = json.loads(out)
             assert d["seeded"] is False and d["seed"] is None
             runs.append(d["tokens"])
         # 16 draws at T = 1 from a flat-ish law over 264 ids: equal runs mean a fixed key
         assert len({tuple(r) for r in runs}) == 3, (mode, runs)
-        seeded = [json.loads(_run(capsys, *base, "--mode", mode, "--seed", "11")[1])["tokens"]
+        seeded = [json.loads(run_cli(capsys, *base, "--mode", mode, "--seed", "11")[1])["tokens"]
                   for _ in range(2)]
         assert seeded[0] == seeded[1]
 
@@ -172,11 +157,11 @@ def test_post_thresholds_are_secret_unless_seeded(capsys, monkeypatch, pair):
 
 def test_generate_streams_text_and_summary(capsys, pair):
     priv, pub = pair
-    rc, out, err = _run(capsys, "generate", "the", "--private", str(priv), "--public", str(pub),
+    rc, out, err = run_cli(capsys, "generate", "the", "--private", str(priv), "--public", str(pub),
                         "--max-new-tokens", "6", "--temperature", "0", "--chat", "--ignore-eos")
     assert rc == 0, err
     assert "tok/s" in err and "α" in err and "tokens/step" in err
-    rc2, out2, _ = _run(capsys, "generate", "the", "--private", str(priv), "--public", str(pub),
+    rc2, out2, _ = run_cli(capsys, "generate", "the", "--private", str(priv), "--public", str(pub),
                         "--max-new-tokens", "6", "--temperature", "0", "--chat", "--ignore-eos",
                         "--json", "--mode", "plain")
     assert out.rstrip("\n") == json.loads(out2)["text"]  # greedy spec == greedy plain
@@ -234,9 +219,9 @@ def test_bad_input_is_one_line_exit_2(capsys, pair, tiny_folder, tmp_path):
     cases["no tokenizer"] = (["generate", "x", "--private", str(notok)], "has no tokenizer")
     wrong = []
     for name, (argv, msg) in cases.items():
-        rc, out, err = _run(capsys, *argv)
+        rc, out, err = run_cli(capsys, *argv)
         try:
-            _one_line_error(rc, err)
+            assert_one_line_error(rc, err)
             assert msg in err, f"expected {msg!r}"
         except AssertionError as e:
             wrong.append(f"{name}: rc={rc} err={err!r} ({e})")
@@ -253,8 +238,8 @@ def test_bad_input_is_one_line_exit_2(capsys, pair, tiny_folder, tmp_path):
 def test_options_are_checked_before_the_model_loads(capsys, tmp_path, argv, msg):
     """The private model here does not exist: an option error that names the option (not
     the missing model) was raised before the model load."""
-    rc, _, err = _run(capsys, "generate", "x", "--private", str(tmp_path / "missing"), *argv)
-    _one_line_error(rc, err)
+    rc, _, err = run_cli(capsys, "generate", "x", "--private", str(tmp_path / "missing"), *argv)
+    assert_one_line_error(rc, err)
     assert msg in err
 
 
@@ -292,9 +277,9 @@ def test_prompt_file(capsys, pair, tmp_path):
     f.write_text("the theme", encoding="utf-8")
     common = ["--mode", "plain", "--private", str(priv), "--max-new-tokens", "3", "--json",
               "--seed", "2", "--ignore-eos"]
-    rc, out, err = _run(capsys, "generate", "--prompt-file", str(f), *common)
+    rc, out, err = run_cli(capsys, "generate", "--prompt-file", str(f), *common)
     assert rc == 0, err
-    rc2, out2, _ = _run(capsys, "generate", "the theme", *common)
+    rc2, out2, _ = run_cli(capsys, "generate", "the theme", *common)
     assert json.loads(out)["tokens"] == json.loads(out2)["tokens"]
     assert json.loads(out)["prompt_tokens"] == json.loads(out2)["prompt_tokens"]
 
@@ -302,7 +287,7 @@ def test_prompt_file(capsys, pair, tmp_path):
 @pytest.mark.slow
 def test_generate_post_json(capsys, pair):
     priv, pub = pair
-    rc, out, err = _run(capsys, "generate", "the theme", "--mode", "post", "--privacy", "paper",
+    rc, out, err = run_cli(capsys, "generate", "the theme", "--mode", "post", "--privacy", "paper",
                         "--private", str(priv), "--public", str(pub), "--max-new-tokens", "4",
                         "--gamma", "2", "--json", "--ignore-eos", "--network", "wan")
     assert rc == 0, err
@@ -328,7 +313,7 @@ def test_mode_registry_is_extensible(capsys, pair):
     G.register_mode("echo-test", runner)
     try:
         priv, pub = pair
-        rc, out, err = _run(capsys, "generate", "the", "--mode", "echo-test", "--private", str(priv),
+        rc, out, err = run_cli(capsys, "generate", "the", "--mode", "echo-test", "--private", str(priv),
                             "--public", str(pub), "--max-new-tokens", "3", "--json")
         assert rc == 0, err
         assert seen["drafter"] == 1 and len(json.loads(out)["tokens"]) == 3
@@ -339,8 +324,8 @@ def test_mode_registry_is_extensible(capsys, pair):
 
 @pytest.mark.model
 def test_generate_default_pair_json(capsys, smollm2):
-    rc, out, err = _run(capsys, "generate", "Once upon a time", "--temperature", "0",
-                        "--max-new-tokens", "10", "--json")
+    rc, out, err = run_cli(capsys, "generate", "Once upon a time", "--temperature", "0",
+                           "--max-new-tokens", "10", "--json")
     assert rc == 0, err
     d = json.loads(out)
     # the private fine-tune's greedy continuation (the public base's: ", the city of Nova Haven …")
@@ -349,9 +334,9 @@ def test_generate_default_pair_json(capsys, smollm2):
 
 @pytest.mark.model
 def test_demo_and_fetch(capsys, smollm2):
-    rc, out, err = _run(capsys, "fetch")
+    rc, out, err = run_cli(capsys, "fetch")
     assert rc == 0 and "smollm2-135m-instruct" in out and "smollm2-135m-pydoc" in out
-    rc, out, err = _run(capsys, "demo", "--mode", "spec", "--max-new-tokens", "8")
+    rc, out, err = run_cli(capsys, "demo", "--mode", "spec", "--max-new-tokens", "8")
     assert rc == 0, err
     assert "prompt: 'Once upon a time'" in out and ", the world was divided" in out
     assert "tokens/step" in err and "α " in err

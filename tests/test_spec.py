@@ -15,19 +15,11 @@ from pspec_jax.decode import (TRACES, AlwaysAccept, Sampling, SpeculativeRule, g
 from pspec_jax.decode.plain import init_plain_state
 from pspec_jax.decode.spec import init_spec_state
 from pspec_jax.errors import UserError
-from laws import exact_law as _exact_law, law_test as _law_test
+from laws import exact_law, law_pair, law_test
 from pspec_jax.models import tiny_model
 
 V = 6  # small vocabulary: the law of 3 tokens has 216 outcomes
 PROMPT = [1, 4, 2]
-
-
-def exact_law(model, prompt, sampling, n=3):
-    return _exact_law(model, prompt, sampling, V, n)
-
-
-def law_test(samples, law):
-    return _law_test(samples, law, V)
 
 
 def sample_spec(private, drafter, sampling, gamma, rule, n_runs, seed=0, n=3):
@@ -55,14 +47,6 @@ def sample_plain(model, sampling, n_runs, seed=0, n=3):
     return np.asarray(states.tokens[:, 0, len(PROMPT):len(PROMPT) + n])
 
 
-def _pair(case):
-    if case == "llama-vs-gpt2":
-        return (tiny_model("llama", seed=21, vocab_size=V, std=1.0),
-                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0, n_layers=1))
-    p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
-    return p, p.truncated(1)
-
-
 CASES = [  # (pair, target law, γ, also run the negative control)
     ("llama-vs-gpt2", Sampling(0.8, top_k=4), 3, True),
     ("truncated", Sampling(1.3, top_p=0.85), 4, False),
@@ -71,30 +55,30 @@ CASES = [  # (pair, target law, γ, also run the negative control)
 
 @pytest.mark.parametrize("case,sampling,gamma,control", CASES)
 def test_spec_output_law_is_exact_and_negative_control_fails(case, sampling, gamma, control):
-    private, drafter = _pair(case)
-    law = exact_law(private, PROMPT, sampling)
+    private, drafter = law_pair(case, V)
+    law = exact_law(private, PROMPT, sampling, V)
     n_runs = 20000
     samples = sample_spec(private, drafter, sampling, gamma, SpeculativeRule(), n_runs, seed=1)
-    pval, tv, thr = law_test(samples, law)
+    pval, tv, thr = law_test(samples, law, V)
     assert pval > 1e-3, (pval, tv, thr)
     assert tv < thr, (pval, tv, thr)
     if not control:
         return
     # Negative control: accepting every draft emits the drafter's law; the same test must fail.
     bad = sample_spec(private, drafter, sampling, gamma, AlwaysAccept(), n_runs, seed=1)
-    bpval, btv, _ = law_test(bad, law)
+    bpval, btv, _ = law_test(bad, law, V)
     assert bpval < 1e-6 and btv > thr, (bpval, btv, thr)
 
 
 def test_plain_sampling_law_is_exact():
     model = tiny_model("llama", seed=26, vocab_size=V, std=1.0)
     sampling = Sampling(0.9, top_k=5)
-    law = exact_law(model, PROMPT, sampling)
+    law = exact_law(model, PROMPT, sampling, V)
     samples = sample_plain(model, sampling, 20000, seed=2)
-    pval, tv, thr = law_test(samples, law)
+    pval, tv, thr = law_test(samples, law, V)
     assert pval > 1e-3 and tv < thr, (pval, tv, thr)
-    other = exact_law(model, PROMPT, Sampling(1.3))  # the test must reject a nearby law
-    pval2, tv2, thr2 = law_test(samples, other)
+    other = exact_law(model, PROMPT, Sampling(1.3), V)  # the test must reject a nearby law
+    pval2, tv2, thr2 = law_test(samples, other, V)
     assert pval2 < 1e-6 and tv2 > thr2, (pval2, tv2, thr2)
 
 

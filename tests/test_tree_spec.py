@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from laws import exact_law as _exact_law, law_test as _law_test
+from conftest import assert_one_line_error, run_cli
+from laws import exact_law, law_pair, law_test
 from pspec_jax.decode import (TRACES, AcceptFirstChild, RecursiveRule, Sampling, TreeDrafter,
-                              WithReplacementRule, generate_plain, generate_spec, generate_tree,
-                              tree_step_fn)
+                              WithReplacementRule, generate_plain, generate_tree, tree_step_fn)
 from pspec_jax.decode.common import prefill
 from pspec_jax.decode.spec import init_spec_state
 from pspec_jax.decode.tree import draft_tree, init_tree_state
@@ -132,10 +132,6 @@ def test_drafted_tree_is_well_formed_and_branches():
 
 
 # ------------------------------------------------------------------ exactness of the law
-def exact_law(model, sampling):
-    return _exact_law(model, PROMPT, sampling, V, 3)
-
-
 def sample_tree(private, drafter, sampling, n_nodes, strategy, rule, n_runs, seed=0, n=3):
     """First n emitted tokens of `n_runs` independent tree runs (vmapped steps), and the
     fraction of first-step trees with a node of >= 2 children (the trees must branch)."""
@@ -155,14 +151,6 @@ def sample_tree(private, drafter, sampling, n_nodes, strategy, rule, n_runs, see
     return np.asarray(states.tokens[:, 0, len(PROMPT):len(PROMPT) + n]), branched
 
 
-def _pair(case):
-    if case == "llama-vs-gpt2":
-        return (tiny_model("llama", seed=21, vocab_size=V, std=1.0),
-                tiny_model("gpt2", seed=22, vocab_size=V, std=1.0, n_layers=1))
-    p = tiny_model("llama", seed=25, vocab_size=V, std=1.0, n_layers=3)
-    return p, p.truncated(1)
-
-
 CASES = [  # (pair, target law, N, drafter, negative controls)
     ("llama-vs-gpt2", Sampling(1.0), 6, TreeDrafter("sample"), (WithReplacementRule(),)),
     ("truncated", Sampling(0.8, top_k=4), 5, TreeDrafter("top"), (AcceptFirstChild(),)),
@@ -172,17 +160,17 @@ CASES = [  # (pair, target law, N, drafter, negative controls)
 
 @pytest.mark.parametrize("case,sampling,n_nodes,strategy,controls", CASES)
 def test_tree_output_law_is_exact_and_negative_controls_fail(case, sampling, n_nodes, strategy, controls):
-    private, drafter = _pair(case)
-    law = exact_law(private, sampling)
+    private, drafter = law_pair(case, V)
+    law = exact_law(private, PROMPT, sampling, V)
     n_runs = 20000
     samples, branched = sample_tree(private, drafter, sampling, n_nodes, strategy, RecursiveRule(),
                                     n_runs, seed=1)
     assert branched > 0.5, branched  # most trees branch
-    pval, tv, thr = _law_test(samples, law, V)
+    pval, tv, thr = law_test(samples, law, V)
     assert pval > 1e-3 and tv < thr, (pval, tv, thr)
     for rule in controls:  # each fails by a wide margin (TV ≈ 0.15 and ≈ 1 against ≈ 0.02)
         bad, _ = sample_tree(private, drafter, sampling, n_nodes, strategy, rule, 8000, seed=1)
-        bpval, btv, _ = _law_test(bad, law, V)
+        bpval, btv, _ = law_test(bad, law, V)
         assert bpval < 1e-6 and btv > thr, (rule, bpval, btv, thr)
 
 
@@ -260,17 +248,6 @@ def test_bad_tree_budget():
 
 
 # ------------------------------------------------------------------ the command line
-def _run(capsys, *argv):
-    from pspec_jax.cli import main
-
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_cli_tree_json_matches_the_library(capsys, tiny_folder):
     import json
 
@@ -279,7 +256,7 @@ def test_cli_tree_json_matches_the_library(capsys, tiny_folder):
     from pspec_jax.models import load_model
 
     priv, pub = tiny_folder("private", seed=1, std=0.7), tiny_folder("public", seed=2, n_layers=1)
-    rc, out, err = _run(capsys, "generate", "the theme", "--mode", "spec", "--tree", "5", "--adaptive",
+    rc, out, err = run_cli(capsys, "generate", "the theme", "--mode", "spec", "--tree", "5", "--adaptive",
                         "--private", str(priv), "--public", str(pub), "--max-new-tokens", "9",
                         "--seed", "4", "--json", "--ignore-eos")
     assert rc == 0, err
@@ -289,7 +266,7 @@ def test_cli_tree_json_matches_the_library(capsys, tiny_folder):
     ids = PreTrainedTokenizerFast.from_pretrained(str(priv))("the theme")["input_ids"]
     ref = generate_tree(load_model(priv), load_model(pub), ids, 9, 5, Sampling(1.0), seed=4, adaptive=True)
     assert d["tokens"] == ref.tokens and d["accepted_per_step"] == ref.accepted_per_step
-    rc, out, err = _run(capsys, "generate", "the theme", "--tree", "5", "--adaptive", "--private", str(priv),
+    rc, out, err = run_cli(capsys, "generate", "the theme", "--tree", "5", "--adaptive", "--private", str(priv),
                         "--public", str(pub), "--max-new-tokens", "4", "--seed", "1")
     assert rc == 0 and "tree of <= 5 nodes" in err and "adaptive" in err, err
 
@@ -304,10 +281,9 @@ def test_cli_tree_json_matches_the_library(capsys, tiny_folder):
     (["--tree", "4", "--gamma", "3"], "not both"),
 ])
 def test_cli_tree_bad_options_one_line_errors(capsys, argv, msg):
-    rc, out, err = _run(capsys, "generate", "hi", *argv, "--private", "/nonexistent/model")
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("pspec: error: "), err
-    assert msg in lines[0], lines[0]
+    rc, out, err = run_cli(capsys, "generate", "hi", *argv, "--private", "/nonexistent/model")
+    assert_one_line_error(rc, err)
+    assert msg in err, err
 
 
 @pytest.mark.slow  # two minutes of secure compilation on 2 cores

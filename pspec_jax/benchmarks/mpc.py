@@ -17,7 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import mpc
+from mpc.prg import derive_keys, request_words
 from mpc.protocols import compare as C, linear as L
+
+
+def dcf_bench_words(label: bytes, count: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of a DCF benchmark from the dealer's AES-CTR streams for `label` (drawn
+    outside the timing): (roots (2, count, 2) uint64, both parties' root seeds;
+    words (n_rows, count) uint64, uniform words the caller masks into its inputs)."""
+    keys = derive_keys(3, label)
+    roots = np.stack([request_words(k, 0, 2 * count).reshape(count, 2) for k in keys[:2]])
+    return roots, request_words(keys[2], 0, n_rows * count).reshape(n_rows, count)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -1,10 +1,11 @@
-"""Pieces shared by the decoding loops: results, sizing, prefill, streaming helpers."""
+"""Pieces shared by the decoding loops: results, the step loop, sizing, prefill, checks."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -105,6 +106,64 @@ def clip_step_tokens(new: list[int], room: int, eos_id: int | None) -> tuple[lis
     if eos_id is not None and eos_id in new:
         return new[: new.index(eos_id) + 1], True
     return new, False
+
+
+@dataclasses.dataclass
+class StepRun:
+    """What `run_steps` saw: the emitted ids, the drafts accepted per step, the stop
+    reason and the loop's wall times (prefill excluded)."""
+
+    tokens: list[int]  # cut at max_new / EOS
+    accepted: list[int]  # per step
+    stop_reason: str  # "length", "eos" or "context"
+    seconds: float
+    first_step_seconds: float  # the first step alone (it compiles on first use)
+    first_step_tokens: int  # ids the first step emitted
+
+    @property
+    def steps(self) -> int:
+        return len(self.accepted)
+
+    def result(self, mode: str, **fields: Any) -> GenerationResult:
+        """The run's GenerationResult: the loop's figures, plus `fields` (alpha_per_step,
+        drafted, prefill_seconds, extra, ...), which may replace them."""
+        loop = dict(tokens=self.tokens, steps=self.steps, accepted_per_step=self.accepted,
+                    alpha_per_step=[], seconds=self.seconds, first_step_seconds=self.first_step_seconds,
+                    first_step_tokens=self.first_step_tokens, stop_reason=self.stop_reason)
+        return GenerationResult(mode=mode, **{**loop, **fields})
+
+
+def run_steps(step: Callable[[Any], tuple[Any, int, list[int]]], state: Any, max_new: int,
+              max_new_tokens: int, eos_id: int | None = None,
+              on_tokens: OnTokens | None = None) -> StepRun:
+    """The decode loop of the plain, speculative, tree and POST decoders: a thin loop
+    around one step, which it times and reports.
+
+    Calls `step(state) -> (state, n_accepted, emitted)` (emitted: the step's new ids,
+    n_accepted + 1 of them) until `max_new` ids are out or `eos_id` came (included), each
+    step's ids cut by `clip_step_tokens` and streamed to `on_tokens`. `max_new` is
+    `max_new_tokens` clipped to the context: the stop reason is "context" when they differ.
+    """
+    out: list[int] = []
+    accepted: list[int] = []
+    stop = "length" if max_new == max_new_tokens else "context"
+    t_first, first_tokens = None, 0
+    t1 = time.perf_counter()
+    while len(out) < max_new:
+        state, n, emitted = step(state)
+        accepted.append(n)
+        new, eos = clip_step_tokens(emitted, max_new - len(out), eos_id)
+        if t_first is None:
+            t_first, first_tokens = time.perf_counter(), len(new)
+        out.extend(new)
+        if on_tokens:
+            on_tokens(new)
+        if eos:
+            stop = "eos"
+            break
+    t2 = time.perf_counter()
+    return StepRun(tokens=out, accepted=accepted, stop_reason=stop, seconds=t2 - t1,
+                   first_step_seconds=(t_first or t2) - t1, first_step_tokens=first_tokens)
 
 
 def round_up(n: int, m: int) -> int:

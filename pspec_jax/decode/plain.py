@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_ids, plan_lengths,
-                                     prefill, token_buffer)
+                                     prefill, run_steps, token_buffer)
 from pspec_jax.decode.sampling import Sampling, client_key, sample, step_key
 from pspec_jax.models.arch import forward
 from pspec_jax.models.cache import KVCache
@@ -75,22 +75,10 @@ def generate_plain(model, prompt_ids: list[int], max_new_tokens: int = 32,
     state = init_plain_state(config, params, prompt_ids, rows, seed)
     jax.block_until_ready(state.cache.length)
     t1 = time.perf_counter()
-    out: list[int] = []
-    stop = "length" if max_new == max_new_tokens else "context"
-    t_first = None
-    while len(out) < max_new:
+
+    def step(state: PlainState) -> tuple[PlainState, int, list[int]]:
         state, nxt = plain_step(config, sampling, params, state)
-        tok = int(nxt[0])
-        if t_first is None:
-            t_first = time.perf_counter()
-        out.append(tok)
-        if on_tokens:
-            on_tokens([tok])
-        if eos_id is not None and tok == eos_id:
-            stop = "eos"
-            break
-    t2 = time.perf_counter()
-    return GenerationResult(mode="plain", tokens=out, steps=len(out), accepted_per_step=[],
-                            alpha_per_step=[], seconds=t2 - t1, prefill_seconds=t1 - t0,
-                            first_step_seconds=(t_first or t2) - t1, first_step_tokens=1,
-                            stop_reason=stop)
+        return state, 0, [int(nxt[0])]
+
+    run = run_steps(step, state, max_new, max_new_tokens, eos_id, on_tokens)
+    return run.result("plain", accepted_per_step=[], prefill_seconds=t1 - t0)

@@ -34,8 +34,8 @@ import numpy as np
 import mpc
 from mpc.protocols.rejection import PRIVACY_MODES
 from pspec_jax.decode.accept import residual
-from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, check_ids, clip_step_tokens,
-                                     prefill, token_buffer)
+from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, check_ids, prefill,
+                                     run_steps, token_buffer)
 from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, client_key, sample, secret_uniform, step_key
 from pspec_jax.decode.secure import check_secure_sampling, check_temperature, ledger_slice
@@ -45,8 +45,6 @@ from pspec_jax.errors import UserError
 RULES = ("exact", "always_accept")  # always_accept: NEGATIVE CONTROL for tests only
 
 draft_program = jax.jit(draft_tokens, static_argnums=(0, 1, 2))
-
-
 
 
 @dataclasses.dataclass
@@ -120,18 +118,14 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     decode_mark = ledger.snapshot()
 
     costs = StepCosts()
-    length = len(prompt_ids)
-    out: list[int] = []
-    accepted: list[int] = []
-    stop = "length" if max_new == max_new_tokens else "context"
-    t_first, first_tokens = None, 0
-    t1 = time.perf_counter()
-    while len(out) < max_new:
-        k_draft, k_r, k_y = jax.random.split(step_key(key, jnp.int32(len(accepted))), 3)
+
+    def step(state: tuple) -> tuple[tuple, int, list[int]]:
+        cache_d, tokens, length, i = state  # drafter cache, ids so far, their count, step
+        k_draft, k_r, k_y = jax.random.split(step_key(key, jnp.int32(i)), 3)
         # 1. the client drafts in the clear.
         ts = time.perf_counter()
         drafts, q, cache_d = draft_program(drafter.config, sampling, gamma, drafter.params, cache_d,
-                                    tokens, jnp.int32(length), k_draft)
+                                           tokens, jnp.int32(length), k_draft)
         drafts = np.asarray(drafts)
         q_x = np.asarray(q)[np.arange(gamma), drafts].astype(np.float64)
         r = secret_uniform(gamma) if seed is None else np.asarray(jax.random.uniform(k_r, (gamma,), jnp.float64))
@@ -162,20 +156,12 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         session.rollback(length - 1)
         cache_d = cache_d.rollback(jnp.minimum(cache_d.length, length - 1))
         costs.draft_s += time.perf_counter() - ts
-        accepted.append(n)
-        new, eos = clip_step_tokens(new, max_new - len(out), eos_id)
-        stop = "eos" if eos else stop
-        if t_first is None:
-            t_first, first_tokens = time.perf_counter(), len(new)
-        out.extend(new)
-        if on_tokens:
-            on_tokens(new)
-        if stop == "eos":
-            break
-    t2 = time.perf_counter()
+        return (cache_d, tokens, length, i + 1), n, new
+
+    run = run_steps(step, (cache_d, tokens, len(prompt_ids), 0), max_new, max_new_tokens, eos_id, on_tokens)
 
     decode_compute = costs.draft_s + costs.forward_s + costs.verify_s
-    steps = len(accepted)
+    steps = run.steps
     prefill_rep = CostReport.of(ledger_slice(ledger, setup_mark, decode_mark), prefill_compute, 1 if len(prompt_ids) > 1 else 0)
     decode_rep = CostReport.of(ledger.since(decode_mark), decode_compute, steps)
     total = CostReport.of(ledger.since(setup_mark), prefill_compute + decode_compute, prefill_rep.secure_passes + steps)
@@ -183,8 +169,8 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     verify_rep = CostReport.of(_scoped(decode_ledger, "verify"), costs.verify_s, steps)
     forward_rep = CostReport.of(_scoped(decode_ledger, "forward"), costs.forward_s, steps)
     extra: dict[str, Any] = {
-        **total.to_json(tokens=len(out)), "prefill": prefill_rep.to_json(),
-        "decode": decode_rep.to_json(tokens=max(1, len(out))),
+        **total.to_json(tokens=len(run.tokens)), "prefill": prefill_rep.to_json(),
+        "decode": decode_rep.to_json(tokens=max(1, len(run.tokens))),
         "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
         "gamma": gamma, "privacy": privacy,
         "draft_s": round(costs.draft_s, 4),
@@ -193,10 +179,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         "verify_share": {k: round(verify_rep.modeled_s[k] / decode_rep.modeled_s[k], 4)
                          for k in decode_rep.modeled_s if decode_rep.modeled_s[k] > 0},
     }
-    res = GenerationResult(mode="post", tokens=out, steps=steps, accepted_per_step=accepted,
-                           alpha_per_step=[], drafted=gamma * steps, seconds=t2 - t1,
-                           prefill_seconds=prefill_compute, first_step_seconds=(t_first or t2) - t1,
-                           first_step_tokens=first_tokens, stop_reason=stop, extra=extra)
+    res = run.result("post", drafted=gamma * steps, prefill_seconds=prefill_compute, extra=extra)
     res.extra["_ledger"] = ledger  # removed by the CLI before printing
     res.extra["_ranges"] = session.calibration()  # shown by --profile (removed by the CLI)
     return res

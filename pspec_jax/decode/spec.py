@@ -25,7 +25,7 @@ from flax import struct
 
 from pspec_jax.decode.accept import SpeculativeRule, acceptance_alpha
 from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_gamma, check_ids,
-                                     clip_step_tokens, plan_lengths, prefill, token_buffer)
+                                     plan_lengths, prefill, run_steps, token_buffer)
 from pspec_jax.decode.sampling import Sampling, client_key, sample, step_key
 from pspec_jax.errors import UserError
 from pspec_jax.models.arch import forward
@@ -159,30 +159,15 @@ def generate_spec(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     state = init_spec_state(private, drafter, prompt_ids, rows, seed, buffer=rows + gamma + 3)
     jax.block_until_ready(state.cache_p.length)
     t1 = time.perf_counter()
-    out: list[int] = []
-    accepted: list[int] = []
     alphas: list[float] = []
-    stop = "length" if max_new == max_new_tokens else "context"
-    t_first, first_tokens = None, 0
-    while len(out) < max_new:
+
+    def step(state: SpecState) -> tuple[SpecState, int, list[int]]:
         state, info = spec_step(private.config, drafter.config, sampling, gamma, rule,
                                 private.params, drafter.params, state)
         n = int(info.n_accepted)
-        if t_first is None:
-            t_first, first_tokens = time.perf_counter(), min(n + 1, max_new)
-        accepted.append(n)
         alphas.append(float(info.alpha))
-        new, eos = clip_step_tokens([int(t) for t in info.emitted[: n + 1]], max_new - len(out), eos_id)
-        stop = "eos" if eos else stop
-        out.extend(new)
-        if on_tokens:
-            on_tokens(new)
-        if stop == "eos":
-            break
-    t2 = time.perf_counter()
-    return GenerationResult(mode="spec", tokens=out, steps=len(accepted),
-                            accepted_per_step=accepted, alpha_per_step=alphas,
-                            drafted=gamma * len(accepted), seconds=t2 - t1,
-                            prefill_seconds=t1 - t0, first_step_seconds=(t_first or t2) - t1,
-                            first_step_tokens=first_tokens, stop_reason=stop,
-                            extra={"gamma": gamma})
+        return state, n, [int(t) for t in info.emitted[: n + 1]]
+
+    run = run_steps(step, state, max_new, max_new_tokens, eos_id, on_tokens)
+    return run.result("spec", alpha_per_step=alphas, drafted=gamma * run.steps,
+                      prefill_seconds=t1 - t0, extra={"gamma": gamma})

@@ -78,7 +78,7 @@ from flax import struct
 
 from pspec_jax.decode.accept import acceptance_alpha, residual
 from pspec_jax.decode.common import (TRACES, GenerationResult, OnTokens, check_ids, check_tree,
-                                     clip_step_tokens, plan_lengths)
+                                     plan_lengths, run_steps)
 from pspec_jax.decode.sampling import Sampling, sample, step_key
 from pspec_jax.decode.spec import check_pair, init_spec_state
 from pspec_jax.errors import UserError
@@ -396,33 +396,18 @@ def generate_tree(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     state = init_tree_state(private, drafter, prompt_ids, rows, n_nodes, seed, buffer=rows + M + 3)
     jax.block_until_ready(state.cache_p.length)
     t1 = time.perf_counter()
-    out: list[int] = []
-    accepted: list[int] = []
     alphas: list[float] = []
     nodes: list[int] = []
-    stop = "length" if max_new == max_new_tokens else "context"
-    t_first, first_tokens = None, 0
-    while len(out) < max_new:
+
+    def step(state: TreeState) -> tuple[TreeState, int, list[int]]:
         state, info = tree_step(private.config, drafter.config, sampling, n_nodes, strategy, rule,
                                 private.params, drafter.params, state)
         n = int(info.n_accepted)
-        if t_first is None:
-            t_first, first_tokens = time.perf_counter(), min(n + 1, max_new)
-        accepted.append(n)
         alphas.append(float(info.alpha))
         nodes.append(int(info.n_nodes))
-        new, eos = clip_step_tokens([int(t) for t in info.emitted[: n + 1]], max_new - len(out), eos_id)
-        stop = "eos" if eos else stop
-        out.extend(new)
-        if on_tokens:
-            on_tokens(new)
-        if stop == "eos":
-            break
-    t2 = time.perf_counter()
-    return GenerationResult(mode="spec", tokens=out, steps=len(accepted),
-                            accepted_per_step=accepted, alpha_per_step=alphas,
-                            drafted=sum(nodes), seconds=t2 - t1,
-                            prefill_seconds=t1 - t0, first_step_seconds=(t_first or t2) - t1,
-                            first_step_tokens=first_tokens, stop_reason=stop,
-                            extra={"tree": n_nodes, "adaptive": strategy.threshold > 0,
-                                   "tree_kind": strategy.kind, "nodes_per_step": nodes})
+        return state, n, [int(t) for t in info.emitted[: n + 1]]
+
+    run = run_steps(step, state, max_new, max_new_tokens, eos_id, on_tokens)
+    return run.result("spec", alpha_per_step=alphas, drafted=sum(nodes), prefill_seconds=t1 - t0,
+                      extra={"tree": n_nodes, "adaptive": strategy.threshold > 0,
+                             "tree_kind": strategy.kind, "nodes_per_step": nodes})
