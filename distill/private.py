@@ -170,6 +170,24 @@ def greedy_divergence(private, base, prompts: list[str], tokens: int = 16,
     return rows
 
 
+def built_dir() -> Path | None:
+    """The fine-tune's folder in $PSPEC_HOME when it is built from the shipped delta, else None."""
+    import json
+
+    from distill import export
+    from pspec_jax.errors import UserError
+    from pspec_jax.models.default import PRIVATE_NAME, pspec_home
+
+    if not (SHIPPED / DELTA).exists():
+        raise UserError(f"the private model's delta {SHIPPED / DELTA} is missing from this checkout")
+    target = pspec_home() / PRIVATE_NAME
+    try:
+        meta = json.loads((target / "pspec.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return target if meta.get("delta_sha256") == export.delta_hash(SHIPPED) else None
+
+
 def ensure_built(base, quiet: bool = False) -> Path:
     """The fine-tune's HF folder in $PSPEC_HOME, rebuilt from `base` + SHIPPED when missing
     or made from another delta (its pspec.json records the delta's sha256)."""
@@ -179,25 +197,16 @@ def ensure_built(base, quiet: bool = False) -> Path:
     import tempfile
 
     from distill import export
-    from pspec_jax.errors import UserError
     from pspec_jax.models.default import PRIVATE_NAME, fetch_lock, pspec_home
     from pspec_jax.models.loaders import save_hf_folder
 
-    if not (SHIPPED / DELTA).exists():
-        raise UserError(f"the private model's delta {SHIPPED / DELTA} is missing from this checkout")
+    target = built_dir()
+    if target is not None:
+        return target
     target = pspec_home() / PRIVATE_NAME
     want = export.delta_hash(SHIPPED)
-
-    def built() -> bool:
-        try:
-            return json.loads((target / "pspec.json").read_text()).get("delta_sha256") == want
-        except (OSError, ValueError):
-            return False
-
-    if built():
-        return target
     with fetch_lock(pspec_home()):
-        if built():  # another process built it while this one waited
+        if built_dir() is not None:  # another process built it while this one waited
             return target
         if not quiet:
             log(f"building the private model (the base + {SHIPPED / DELTA}) into {target}")

@@ -175,9 +175,11 @@ def load_default_base(fetch: bool = True):
 def load_default_private(fetch: bool = True):
     """The default private model: the server's own fine-tune of the base
     (`distill.private`), rebuilt on first use from the delta the repository ships."""
-    from distill.private import ensure_built  # the rebuild merges the shipped delta
+    from distill.private import built_dir, ensure_built  # the rebuild merges the shipped delta
 
-    return _load_cached(str(ensure_built(load_default_base(fetch))), PRIVATE_NAME)
+    # The base is loaded only to build the fine-tune (a server holds the private model alone).
+    folder = built_dir() or ensure_built(load_default_base(fetch))
+    return _load_cached(str(folder), PRIVATE_NAME)
 
 
 def resolve_private(spec: str | None):
