@@ -1,4 +1,4 @@
-"""Fidelity of the secure forward on the default private model (SmolLM2-135M-Instruct).
+"""Fidelity of the secure forward on the default private model (the SmolLM2 fine-tune).
 
 For each evaluation prompt this runs REAL standard secure greedy decoding — a secure
 prefill, then one secure pass per token, the next token chosen inside MPC by the secure
