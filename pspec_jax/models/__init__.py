@@ -4,10 +4,15 @@ Python API (all arrays float32; params are plain pytrees, see arch.py for the la
 
   load_model(path) -> ModelBundle
       a local HF folder (config.json + *.safetensors [+ tokenizer]) or a .gguf file.
+  load_default_base() -> ModelBundle
+      the public base SmolLM2-135M-Instruct, fetched and converted into $PSPEC_HOME on first use.
   load_default_private() -> ModelBundle
-      SmolLM2-135M-Instruct, fetched and converted into $PSPEC_HOME on first use.
+      the default private model: the server's fine-tune of the base (distill/private.py),
+      built from the shipped delta on first use. default.resolve_private(spec) reads
+      --private (DEFAULT | base | path); default.resolve_private_public(spec) gives only
+      its config and tokenizer (what a real run's client may hold).
   load_default_drafter(num_layers=DEFAULT_DRAFTER_LAYERS) -> ModelBundle
-      its first `num_layers` blocks + final norm + tied head (same tokenizer).
+      the base's first `num_layers` blocks + final norm + tied head (untrained).
   load_default_pair(num_layers=...) -> (private, drafter);  fetch_default(force=False) -> Path
   tiny_model(family="llama"|"gpt2", seed=0, **config_overrides) -> ModelBundle (no tokenizer)
   tiny_config(family, **overrides) -> ModelConfig;  init_params(config, key) -> params
