@@ -14,6 +14,9 @@ Public API:
                 eos_id, on_tokens, adaptive=False, tree_drafter=None, rule=RecursiveRule())
       token-tree speculative decoding (tree.py); TokenTree, TreeDrafter, tree_step_fn;
       RecursiveRule (exact) / WithReplacementRule, AcceptFirstChild (negative controls).
+  static_shape(n_nodes, rates=SIBLING_RATES) -> parents of nodes 1..N (the default,
+      public tree topology); static_topology(shape, n_nodes, M=None) -> (parent, depth,
+      ancestors) numpy arrays, what both parties derive from (N, node count).
 """
 
 from pspec_jax.decode.accept import (AlwaysAccept, SpeculativeRule, acceptance_alpha, accept_mask,
@@ -23,12 +26,13 @@ from pspec_jax.decode.plain import PlainState, generate_plain, plain_step, plain
 from pspec_jax.decode.sampling import Sampling, sample, step_key
 from pspec_jax.decode.spec import SpecState, StepInfo, generate_spec, spec_step, spec_step_fn
 from pspec_jax.decode.tree import (AcceptFirstChild, RecursiveRule, TokenTree, TreeDrafter, TreeState,
-                                   WithReplacementRule, generate_tree, tree_step, tree_step_fn)
+                                   WithReplacementRule, generate_tree, static_shape, static_topology,
+                                   tree_step, tree_step_fn)
 
 __all__ = [
     "AcceptFirstChild", "AlwaysAccept", "GenerationResult", "PlainState", "Sampling", "SpecState", "SpeculativeRule",
     "StepInfo", "TRACES", "accept_mask", "acceptance_alpha", "first_rejection", "generate_plain",
     "generate_spec", "plain_step", "plain_step_fn", "residual", "sample", "spec_step",
     "spec_step_fn", "step_key", "RecursiveRule", "TokenTree", "TreeDrafter", "WithReplacementRule",
-    "TreeState", "generate_tree", "tree_step", "tree_step_fn",
+    "TreeState", "generate_tree", "static_shape", "static_topology", "tree_step", "tree_step_fn",
 ]

@@ -10,26 +10,50 @@ speculative sampling), EAGLE-2 (Li et al. 2024, best-first trees by the drafter'
 path confidence), SpecTr (Sun et al. 2023) and Recursive Speculative Decoding (Jeon et
 al. 2024: siblings drawn WITHOUT replacement, and the matching residual rule).
 
-Drafting (`TreeDrafter`). The tree grows one node at a time, best first (EAGLE-2):
-every node v already in the tree offers a slot "v's next child", scored by the drafter's
-estimate that the walk below would reach that child, P(v) · e, where P(v) is the same
-estimate for v (root 1) and e the chance of accepting the new child at v:
-  kind "top":    the child is the most probable token x left in q_v (deterministic; at
-                 temperature 0 the ranking uses the drafter's softmax at temperature 1 so
-                 trees branch); the walk takes x with probability p_v(x) ≈ q_v(x): e = q_v(x).
-  kind "sample": the child is drawn from q_v restricted to the tokens not yet drawn at v,
-                 renormalised (sampling without replacement); with j children already
-                 at v, e = a_j · Π_{i<j} (1 − a_i), where a_i is the run's own rate of
-                 accepting the i-th sibling tried at a node (Sequoia's positional
-                 acceptance), counted by the client over its previous steps (Laplace
-                 prior 1/2; `TreeState.tries` / `accepts`). A sampled child's q_v(x) says
-                 little about its acceptance Σ min(p, q), so q does not enter here.
-The best slot gets the node; the node's P is its slot's score. The scores are only a
-heuristic for where to spend the budget: the rule below is exact for any of them.
-Adaptive (`threshold` > 0): drafting stops (before the budget N) once the best slot's
-score falls below `threshold`; at least one node is drafted. Unused slots are padding
-the verification never visits (the private pass keeps its N + 1 rows: one compiled
-shape; a secure pass would be sized by the node count, the only thing the server sees).
+Drafting (`TreeDrafter`): where the N nodes go, and which tokens they carry.
+  Static shape (the default; Sequoia / Medusa-style static trees): the topology is
+  `static_shape(N)`, a function of the budget N alone, so it is public: a secure
+  verification derives the attention mask and the node positions from N and the node
+  count only (`static_topology`), never from a token. The shape is grown once, best
+  first by a PRIOR score: the root has reach 1, the j-th child of v scores
+  reach(v) · a_j · Π_{i<j} (1 − a_i) (`sibling_estimates` of the rates) and gets that
+  as its reach, where a_j (`SIBLING_RATES`, `TOP_SIBLING_RATES` for greedy trees) is the
+  measured chance that the walk accepts the j-th child it tries at a node, having
+  rejected the earlier ones (Sequoia's positional acceptance). Nodes are numbered in
+  the order they were added, so every prefix 0..K is a tree. The drafter fills the
+  shape in index order: node i is the next child of its parent v = shape[i−1], drawn
+  from q_v without the tokens already drawn at v ("sample"), or the most probable
+  token left in q_v ("top").
+  Dynamic (`shape=None`; EAGLE-2): the tree grows one node at a time, best first by the
+  drafter's own scores, so its topology depends on the client's data (for the clear
+  only). Every node v in the tree offers a slot "v's next child", scored P(v) · e, where
+  P(v) is the same estimate for v (root 1) and e the chance of accepting the new child:
+    kind "top":    the child is the most probable token x left in q_v (deterministic; at
+                   temperature 0 the ranking uses the drafter's softmax at temperature 1
+                   so trees branch); the walk takes x with probability p_v(x) ≈ q_v(x):
+                   e = q_v(x).
+    kind "sample": the child is drawn from q_v restricted to the tokens not yet drawn at
+                   v, renormalised (sampling without replacement); with j children
+                   already at v, e = a_j · Π_{i<j} (1 − a_i), with a_i the run's own rate
+                   of accepting the i-th sibling tried at a node, counted by the client
+                   over its previous steps (Laplace prior 1/2; `TreeState.tries` /
+                   `accepts`). A sampled child's q_v(x) says little about its acceptance
+                   Σ min(p, q), so q does not enter here.
+  The best slot gets the node; the node's P is its slot's score. Either way the scores
+  only decide where to spend the budget: the rule below is exact for any of them. A
+  node whose parent has no token left in its law (a top-k / top-p law with fewer
+  tokens than children) is never drafted: drafting stops there.
+Adaptive (`threshold` > 0): drafting stops before the budget N, with at least one node.
+  Dynamic: once the best slot's score falls below `threshold`. Static: before node i
+  (i ≥ 2) when its confidence estimate, computed from the tokens drawn before node i
+  only, is below `threshold`: with conf(root) = 1 and conf(u) = conf(parent) ·
+  q_parent(u's token) (the drafter's probability of the path), estimate(i) = conf(v) ·
+  q_v(the token node i would take) for "top" (deterministic), conf(v) · e_r for
+  "sample" (e = `sibling_estimates` of the drafter's rates, r = i's rank among its
+  siblings); the tree is then the prefix 0..i−1 of the shape, so only the node count
+  depends on the data. Unused slots are padding the verification never visits (the
+  private pass keeps its N + 1 rows: one compiled shape; a secure pass would be sized
+  by the node count, the only thing the server sees).
 
 Verification (`RecursiveRule`), at node v with target r = p_v and children c_1, c_2, …
 in the order they were drawn: try c_j with probability min(1, r(c_j) / q_j(c_j)); on
@@ -49,7 +73,15 @@ c_j is distributed as q_j: then the tries from j+1 on replace the residual draw 
 j by a procedure with the same law. The drafter guarantees that condition: every
 decision (which slot gets a node, whether to stop) uses only tokens drawn before, and
 the new token is then drawn fresh from q_j (without replacement among its siblings, so
-q_j is the renormalised rest; "top" is the degenerate case q_j = δ). The coins u are
+q_j is the renormalised rest; "top" is the degenerate case q_j = δ). So a node's
+inclusion never depends on its own draw or on later ones, which is why the static
+adaptive stop judges node i by an estimate made BEFORE drawing it. An after-the-fact
+prune (draft the whole shape, then keep the smallest prefix holding every confident
+node) would NOT be exact: whether c_j is kept then depends on c_j itself (a confident
+c_j keeps itself; an unlikely one is dropped unless a later node is confident), so
+given that it was kept, c_j leans toward the drafter's likely tokens and is no longer
+distributed as q_j; the test min(1, r/q_j) then divides by the wrong law and the
+output leans toward the drafter. The coins u are
 independent of everything. Hence the first emitted token has law p_root; given that it
 is child c, the walk continues at c with the same argument (c's children were drawn
 after c, from q_c, independently of the root's coins), and so on: the emitted sequence
@@ -69,11 +101,14 @@ base + path[k] moved to rows length + k (`KVCache.keep_path`), length + n rows i
 from __future__ import annotations
 
 import dataclasses
+import functools
+import heapq
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from pspec_jax.decode.accept import acceptance_alpha, residual
@@ -88,8 +123,8 @@ from pspec_jax.models.config import ModelConfig
 
 F32 = jnp.float32
 KINDS = ("sample", "top")
-# --adaptive: stop growing the tree once the drafter's estimate that the walk reaches the
-# best new node falls below this (EAGLE-2's confidence; SpecDec++ stops on a similar signal).
+# --adaptive: stop drafting once the drafter's estimate that the walk reaches the next
+# node falls below this (EAGLE-2's confidence; SpecDec++ stops on a similar signal).
 ADAPTIVE_THRESHOLD = 0.05
 
 
@@ -113,24 +148,54 @@ class TokenTree:
         return jnp.arange(self.tokens.shape[0]) <= self.n_nodes
 
 
+# a_j, j = 1, 2, …: the chance that the walk accepts the j-th child it tries at a node,
+# given it reached the node and rejected the earlier siblings; ranks past the end reuse
+# the last rate. Measured on the default pair (SmolLM2 fine-tune drafted by the distilled
+# drafter) with the dynamic drafter's counts, N = 16, 8 held-out prompts × 64 tokens
+# (`python scripts/tree_rates.py`; ranks with fewer than 20 tries left out):
+#   temperature 1, "sample" (87 steps): rank 1 453/515 = 0.880, rank 2 10/21 = 0.476
+#     (rank 3: 1/5, rank 4: 0/2);
+#   temperature 0, "top" (94 steps):    rank 1 424/451 = 0.940, rank 2 21/25 = 0.840
+#     (rank 3: 3/4, rank 4: 1/1).
+# The greedy rates differ (a second-best token is often the private argmax), hence two
+# tuples. With a first child this likely, the best static trees of N <= 16 are chains
+# (`static_shape(16)`: a root sibling, 0.12 · 0.48, scores below depth 16's 0.88^16);
+# they branch from N = 23 (sample) and N = 49 (top).
+SIBLING_RATES: tuple[float, ...] = (0.88, 0.48)
+TOP_SIBLING_RATES: tuple[float, ...] = (0.94, 0.84)
+
+
 @dataclasses.dataclass(frozen=True)
 class TreeDrafter:
-    """How the client grows its tree (a static jit argument). See the module docstring.
+    """How the client drafts its tree (a static jit argument: hashable, tuples only).
+    See the module docstring.
 
     kind: "sample" (children drawn from q without replacement) or "top" (the drafter's
       most probable remaining tokens).
-    threshold: adaptive stop: no more nodes once the best slot's score (the estimated
-      probability that the walk reaches it) is below it; 0 = always the full budget.
+    threshold: adaptive stop (module docstring); 0 = always the full budget.
+    shape: the static topology (`static_shape`: parents of nodes 1..N), filled with the
+      drafter's tokens; None = the dynamic best-first tree (its topology depends on data).
+    rates: the per-rank acceptance rates a_j behind the static adaptive estimate of a
+      sampled node (the rates the shape was grown with).
     """
 
     kind: str = "sample"
     threshold: float = 0.0
+    shape: tuple[int, ...] | None = None
+    rates: tuple[float, ...] = SIBLING_RATES
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"tree drafter kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if not 0.0 <= self.threshold < 1.0:
             raise UserError(f"the adaptive threshold must be in [0, 1), got {self.threshold}")
+        if self.shape is not None:
+            bad = [(i + 1, v) for i, v in enumerate(self.shape) if not 0 <= v <= i] \
+                if isinstance(self.shape, tuple) else []
+            if not isinstance(self.shape, tuple) or not self.shape or bad:
+                raise UserError(f"a tree shape is a non-empty tuple of parents, node i's parent in "
+                                f"[0, i); got {self.shape!r}" + (f" (node, parent) {bad[0]}" if bad else ""))
+        _check_rates(self.rates)
 
     def law(self, sampling: Sampling, logits: jax.Array) -> jax.Array:
         """(V,) the law a node's children are drawn from (the ranking law for "top")."""
@@ -139,20 +204,94 @@ class TreeDrafter:
         return sampling.probs(logits)
 
 
-def default_drafter(sampling: Sampling, adaptive: bool = False,
-                    threshold: float = ADAPTIVE_THRESHOLD) -> TreeDrafter:
+def _check_rates(rates: tuple[float, ...]) -> None:
+    if not isinstance(rates, tuple) or not rates or not all(0.0 < a < 1.0 for a in rates):
+        raise UserError(f"sibling rates are a non-empty tuple of values in (0, 1), got {rates!r}")
+
+
+def default_drafter(sampling: Sampling, adaptive: bool = False, threshold: float = ADAPTIVE_THRESHOLD,
+                    n_nodes: int | None = None) -> TreeDrafter:
     """"sample" at temperature > 0, "top" when greedy (a greedy drafter's q is one-hot:
-    sampled siblings could never differ)."""
-    return TreeDrafter(kind="top" if sampling.greedy else "sample",
-                       threshold=threshold if adaptive else 0.0)
+    sampled siblings could never differ). With `n_nodes`, the static shape for that
+    budget grown with the rates measured for the kind; without, the dynamic tree."""
+    kind = "top" if sampling.greedy else "sample"
+    thr = threshold if adaptive else 0.0
+    if n_nodes is None:
+        return TreeDrafter(kind=kind, threshold=thr)
+    rates = TOP_SIBLING_RATES if sampling.greedy else SIBLING_RATES
+    return TreeDrafter(kind=kind, threshold=thr, shape=static_shape(check_tree(n_nodes), rates),
+                       rates=rates)
 
 
 def sibling_estimates(tries: jax.Array, accepts: jax.Array) -> jax.Array:
     """(N+1,) e_j = a_j Π_{i<j} (1 − a_i): the chance that the walk, having reached a
     node, accepts its (j+1)-th sampled child; a_j = (accepts_j + 1) / (tries_j + 2)."""
     a = (accepts + F32(1.0)) / (tries + F32(2.0))  # (N,)
-    before = jnp.cumprod(jnp.concatenate([jnp.ones((1,), F32), F32(1.0) - a]))  # (N+1,)
-    return before * jnp.concatenate([a, jnp.zeros((1,), F32)])
+    return _estimates_from_rates(a, jnp)
+
+
+def _estimates_from_rates(a, xp):
+    """(K+1,) e_j = a_j Π_{i<j} (1 − a_i) for rates a (K,), e_K = 0 (no (K+1)-th rate);
+    xp = numpy (the public shape: float64, no device) or jax.numpy (in the step)."""
+    before = xp.cumprod(xp.concatenate([xp.ones((1,), a.dtype), 1.0 - a]))  # (K+1,)
+    return before * xp.concatenate([a, xp.zeros((1,), a.dtype)])
+
+
+def _rank_rates(rates: tuple[float, ...], n: int) -> np.ndarray:
+    """(n,) float64: a_j for sibling ranks 0..n-1, the last rate repeated past the end."""
+    return np.asarray(rates + rates[-1:] * max(0, n - len(rates)), np.float64)[:n]
+
+
+@functools.lru_cache(maxsize=64)
+def static_shape(n_nodes: int, rates: tuple[float, ...] = SIBLING_RATES) -> tuple[int, ...]:
+    """The static tree of `n_nodes` nodes below the root: parents of nodes 1..N.
+
+    Grown best first by the prior score (module docstring): node v's next child (its
+    j-th, j from 0) scores reach(v) · e_j, e = `sibling_estimates` of `rates` (ranks past
+    len(rates) reuse the last rate); reach(root) = 1, a child's reach is its score;
+    ties go to the lower parent index. Nodes are numbered in insertion order, so every
+    parent index is below its child's and every prefix 0..K is a tree. Deterministic
+    and public (a function of N and the rates only); cached. O(N log N).
+    """
+    check_tree(n_nodes)
+    _check_rates(rates)
+    e = _estimates_from_rates(_rank_rates(rates, n_nodes), np)  # (N+1,)
+    parents: list[int] = []
+    reach = [1.0]
+    # One slot per node: (−score of its next child, the node, its children so far); the
+    # heap pops the best score, then the lower node index.
+    slots = [(-e[0], 0, 0)]
+    while len(parents) < n_nodes:
+        neg, v, j = heapq.heappop(slots)
+        i = len(parents) + 1
+        parents.append(v)
+        reach.append(-neg)
+        heapq.heappush(slots, (-reach[v] * e[j + 1], v, j + 1))
+        heapq.heappush(slots, (-reach[i] * e[0], i, 0))
+    return tuple(parents)
+
+
+def static_topology(shape: tuple[int, ...], n_nodes: int,
+                    M: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The public structure of a static tree with its first `n_nodes` nodes drafted,
+    derived from (shape, n_nodes) alone, as `TokenTree` holds it.
+
+    Returns (parent (M,) int32, -1 for the root and past n_nodes; depth (M,) int32, 0
+    past n_nodes; ancestors (M, M) bool, [i, j] = j is i or an ancestor of i, the
+    identity row past n_nodes). M defaults to len(shape) + 1.
+    """
+    M = len(shape) + 1 if M is None else M
+    if not 1 <= n_nodes <= len(shape) or M < n_nodes + 1:
+        raise UserError(f"a static tree of {len(shape)} nodes has 1..{len(shape)} drafted and "
+                        f"M >= n_nodes + 1 slots; got n_nodes = {n_nodes}, M = {M}")
+    parent = np.full(M, -1, np.int32)
+    depth = np.zeros(M, np.int32)
+    ancestors = np.eye(M, dtype=bool)
+    for i in range(1, n_nodes + 1):
+        parent[i] = shape[i - 1]
+        depth[i] = depth[parent[i]] + 1
+        ancestors[i] |= ancestors[parent[i]]
+    return parent, depth, ancestors
 
 
 def _slot_scores(tree: TokenTree, used: jax.Array, sib: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -169,16 +308,64 @@ def _slot_scores(tree: TokenTree, used: jax.Array, sib: jax.Array) -> tuple[jax.
     return score, rem
 
 
+def _sibling_ranks(shape: tuple[int, ...]) -> np.ndarray:
+    """(N+1,) int32: node i's rank among its siblings (0 = its parent's first child)."""
+    kids: dict[int, int] = {}
+    ranks = [0]
+    for v in shape:
+        ranks.append(kids.get(v, 0))
+        kids[v] = ranks[-1] + 1
+    return np.asarray(ranks, np.int32)
+
+
+def _fill_shape(drafter: TreeDrafter, M: int, tree: TokenTree, used: jax.Array, cache_d: KVCache,
+                add) -> tuple[TokenTree, KVCache]:
+    """Fills `drafter.shape` in index order (`add`: draft_tree's "draw node i as v's next
+    child and feed it"), stopping before node i when its estimate (from the nodes before
+    i only) is below the threshold or its parent's law is used up (module docstring:
+    the prefix rule that keeps the law exact)."""
+    parent = jnp.asarray((0,) + drafter.shape, jnp.int32)  # (M,) node i's parent (slot 0 unused)
+    rank = jnp.asarray(_sibling_ranks(drafter.shape))  # (M,)
+    e = jnp.asarray(_estimates_from_rates(_rank_rates(drafter.rates, M - 1), np), F32)  # (M,)
+    conf = jnp.zeros((M,), F32).at[0].set(1.0)  # the drafter's probability of each node's path
+
+    def next_node(i, tree, used, conf):
+        """(parent v, v's law without its children so far, node i's estimate; −1 when
+        v's law is used up). At i = M the indices clamp; `more` ignores the value."""
+        v = parent[i]
+        row = jnp.where(used[v], F32(0.0), tree.q[v])  # (V,)
+        left = jnp.max(row)  # q_v of the token "top" would take next
+        est = conf[v] * (left if drafter.kind == "top" else e[rank[i]])
+        return v, row, jnp.where(left > 0, est, F32(-1.0))
+
+    def more(carry):
+        i, tree, used, conf, _ = carry
+        est = next_node(i, tree, used, conf)[2]
+        return (i < M) & (est >= 0) & ((i == 1) | (est >= F32(drafter.threshold)))
+
+    def grow(carry):
+        i, tree, used, conf, cache = carry
+        v, row, est = next_node(i, tree, used, conf)
+        c, tree, used, cache = add(i, v, row, est, tree, used, cache)
+        return i + 1, tree, used, conf.at[i].set(conf[v] * tree.q[v, c]), cache
+
+    _, tree, _, _, cache_d = jax.lax.while_loop(more, grow, (jnp.int32(1), tree, used, conf, cache_d))
+    return tree, cache_d
+
+
 def draft_tree(config_d: ModelConfig, sampling: Sampling, n_nodes: int, drafter: TreeDrafter,
                params_d: Any, cache_d: KVCache, tokens: jax.Array, length: jax.Array,
                key: jax.Array, sib: jax.Array | None = None) -> tuple[TokenTree, KVCache]:
-    """Grows a tree of up to `n_nodes` drafts below tokens[length-1] (see the module
-    docstring). The drafter cache must hold tokens[:length-1]; on return it also holds
-    the root at row length-1 and node i at row length-1+i (position length-1+depth).
-    `sib`: (N+1,) `sibling_estimates` (default: the prior, no steps seen)."""
+    """Drafts a tree of up to `n_nodes` nodes below tokens[length-1]: the drafter's static
+    shape filled in index order, or the dynamic best-first tree (module docstring). The
+    drafter cache must hold tokens[:length-1]; on return it also holds the root at row
+    length-1 and node i at row length-1+i (position length-1+depth). Cost: one drafter
+    pass per node (N sequential single-token passes) plus the root's.
+    `sib`: (N+1,) `sibling_estimates` steering the dynamic "sample" tree (default: the
+    prior, no steps seen); a static shape uses its own `rates` instead."""
     M = n_nodes + 1
-    if sib is None:
-        sib = sibling_estimates(jnp.zeros((n_nodes,), F32), jnp.zeros((n_nodes,), F32))
+    if drafter.shape is not None and len(drafter.shape) != n_nodes:
+        raise UserError(f"the tree shape has {len(drafter.shape)} nodes, the budget is {n_nodes}")
     base = length - 1
     S = cache_d.max_len
     root = jax.lax.dynamic_slice(tokens, (jnp.int32(0), base), (1, 1))  # (1, 1)
@@ -192,16 +379,9 @@ def draft_tree(config_d: ModelConfig, sampling: Sampling, n_nodes: int, drafter:
                      kind=drafter.kind)
     used = jnp.zeros((M, V), bool)  # [v, x]: x already drawn as a child of v
 
-    def more(carry):
-        i, tree, used, _ = carry
-        best = jnp.max(_slot_scores(tree, used, sib)[0])
-        return (i < M) & (best > 0) & ((i == 1) | (best >= F32(drafter.threshold)))
-
-    def grow(carry):
-        i, tree, used, cache = carry
-        score, rem = _slot_scores(tree, used, sib)
-        v = jnp.argmax(score).astype(jnp.int32)  # the slot: v's next child
-        row = rem[v]  # (V,) v's law without its children so far
+    def add(i, v, row, reach, tree, used, cache):
+        """Node i := v's next child, drawn from `row` (v's law without its children so
+        far), fed to the drafter cache at row base + i."""
         if drafter.kind == "top":
             c = jnp.argmax(row).astype(jnp.int32)
         else:  # without replacement: the renormalised rest (categorical normalises)
@@ -213,8 +393,25 @@ def draft_tree(config_d: ModelConfig, sampling: Sampling, n_nodes: int, drafter:
         tree = tree.replace(tokens=tree.tokens.at[i].set(c), parent=tree.parent.at[i].set(v),
                             depth=tree.depth.at[i].set(d), ancestors=tree.ancestors.at[i].set(anc_i),
                             q=tree.q.at[i].set(drafter.law(sampling, lg[0, 0])),
-                            reach=tree.reach.at[i].set(score[v]), n_nodes=i)
-        return i + 1, tree, used.at[v, c].set(True), cache
+                            reach=tree.reach.at[i].set(reach), n_nodes=i)
+        return c, tree, used.at[v, c].set(True), cache
+
+    if drafter.shape is not None:
+        return _fill_shape(drafter, M, tree, used, cache_d, add)
+    if sib is None:
+        sib = sibling_estimates(jnp.zeros((n_nodes,), F32), jnp.zeros((n_nodes,), F32))
+
+    def more(carry):
+        i, tree, used, _ = carry
+        best = jnp.max(_slot_scores(tree, used, sib)[0])
+        return (i < M) & (best > 0) & ((i == 1) | (best >= F32(drafter.threshold)))
+
+    def grow(carry):
+        i, tree, used, cache = carry
+        score, rem = _slot_scores(tree, used, sib)
+        v = jnp.argmax(score).astype(jnp.int32)  # the slot: v's next child
+        _, tree, used, cache = add(i, v, rem[v], score[v], tree, used, cache)
+        return i + 1, tree, used, cache
 
     _, tree, _, cache_d = jax.lax.while_loop(more, grow, (jnp.int32(1), tree, used, cache_d))
     return tree, cache_d
@@ -376,16 +573,17 @@ def generate_tree(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     """Token-tree speculative decoding of `private` with `drafter` (ModelBundles).
 
     Emits exactly the private model's law (for `sampling`), like `generate_spec`, with a
-    tree of up to `n_nodes` drafts per step instead of a chain. `adaptive` stops growing
-    a tree once the drafter's estimate that the walk reaches its best new node is below
-    ADAPTIVE_THRESHOLD
-    (`tree_drafter` overrides the drafting strategy altogether). The result's `extra`
-    holds the node budget and the nodes drafted per step.
+    tree of up to `n_nodes` drafts per step instead of a chain. The tree is the static
+    shape for `n_nodes` (what the private mode can run: its topology is public);
+    `adaptive` stops filling it before the first node whose confidence estimate is below
+    ADAPTIVE_THRESHOLD. `tree_drafter` overrides the drafting strategy altogether (e.g.
+    `TreeDrafter("sample")`: the dynamic best-first tree). The result's `extra` holds
+    the node budget and the nodes drafted per step.
     """
     check_tree(n_nodes)
     check_pair(private, drafter)
     prompt_ids = check_ids(prompt_ids, private.config)
-    strategy = tree_drafter or default_drafter(sampling, adaptive)
+    strategy = tree_drafter or default_drafter(sampling, adaptive, n_nodes=n_nodes)
     M = n_nodes + 1
     rows_p, max_new = plan_lengths(private.config, len(prompt_ids), max_new_tokens, M)
     rows_d, _ = plan_lengths(drafter.config, len(prompt_ids), max_new, M)
@@ -410,4 +608,5 @@ def generate_tree(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     run = run_steps(step, state, max_new, max_new_tokens, eos_id, on_tokens)
     return run.result("spec", alpha_per_step=alphas, drafted=sum(nodes), prefill_seconds=t1 - t0,
                       extra={"tree": n_nodes, "adaptive": strategy.threshold > 0,
-                             "tree_kind": strategy.kind, "nodes_per_step": nodes})
+                             "tree_kind": strategy.kind, "tree_static": strategy.shape is not None,
+                             "nodes_per_step": nodes})
