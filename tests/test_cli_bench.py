@@ -12,7 +12,8 @@ from pspec_jax.cli import main
 
 def _saved_run() -> dict:
     step = {"compute_s": 1.0, "bytes": 10.0, "rounds": 5.0, "draft_s": 0.1, "lan": 0.5, "wan": 2.0}
-    row = {"drafter": "d", "kind": "measured", "gamma": 2, "tokens_per_step": 2.5,
+    row = {"drafter": "d", "kind": "measured", "draft": "chain γ=2", "shape": "chain", "budget": 2,
+           "tokens_per_step": 2.5,
            "speedup_lan": 1.5, "speedup_wan": 2.1}
     return {"baseline": {"tokens": 4, "lan_s_per_token": 0.9, "wan_s_per_token": 3.0},
             "rows": [row], "step_costs": {"2": step}, "settings": {"tokens": 4}}
@@ -48,7 +49,7 @@ def _bench(capsys, *argv):
     ("SET:step_costs={'x': {}}", "step_costs key 'x' is not a γ"),
     ("DEL:step_costs.2.wan", "step_costs[2].wan is None"),
     ("SET:baseline.wan_s_per_token='fast'", "baseline.wan_s_per_token is 'fast'"),
-    ("SET:rows=[{'drafter': 'd'}]", "rows[0] lacks its drafter or kind"),
+    ("SET:rows=[{'drafter': 'd'}]", "rows[0] lacks its drafter, kind or draft shape"),
     ("SET:step_costs.2.lan=0", "has no modelled time"),
 ])
 def test_corrupt_reuse_secure_file(capsys, tmp_path, no_model, content, msg):
@@ -90,6 +91,8 @@ def test_reuse_secure_accepts_a_good_file(tmp_path):
     (["--reuse-secure"], "does not exist"),
     (["--gammas", "4", "65"], "must be <= 64 in POST"),
     (["--gammas", "0"], "must be an integer >= 1, got 0"),
+    (["--trees", "0"], "node budget (--tree N) must be an integer >= 1, got 0"),
+    (["--gammas", "--trees", "--adaptive-trees"], "nothing to measure"),
     (["--privacy", "open"], "unknown privacy mode 'open'"),
 ])
 def test_bench_decode_options_before_the_model(capsys, tmp_path, no_model, argv, msg):

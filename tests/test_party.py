@@ -207,6 +207,48 @@ def test_secure_forward_and_post_verification_party_local(family):
         np.testing.assert_array_equal(np.asarray(res_c), np.asarray(res))  # token or row: the client's only
 
 
+@pytest.mark.slow  # ~5 min on 2 cores: every tree program compiled by three contexts
+def test_token_tree_pass_walk_and_keep_path_party_local():
+    """A tree pass (mask and positions from the public shape), the private walk over a
+    branching tree in the three modes, keep_path and the next pass, each party holding
+    only its own shares, equal the simulation; the path is known to both parties."""
+    import jax
+
+    from pspec_jax.models import tiny_model
+    from pspec_jax.secure import SecureSession
+    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+
+    b = tiny_model("llama", seed=3)
+    V = b.config.vocab_size
+    parents, n_nodes = (0, 1, 0, 2, 0, 1), 5  # slot 6 is padding (an adaptive tree)
+    ids = np.array([3, 7, 1, 9], np.int32)
+    slots = np.array([9, 4, 2, 8, 4, 6, 0], np.int32)
+    rng = np.random.default_rng(1)
+    q_try = rng.dirichlet(np.ones(V), size=7)
+    thresholds = rng.uniform(size=7) * q_try[np.arange(7), slots] * 0.2
+
+    def program(ctx, p):
+        client, server = p in (None, CLIENT), p in (None, SERVER)
+        params = b.params if server else jax.tree_util.tree_map(jnp.zeros_like, b.params)
+        sess = SecureSession(b.config, params, max_len=16, mpc_config=DEFAULT_MPC_CONFIG, seed=SEED, ctx=ctx)
+        mine = (lambda a: a) if client else np.zeros_like
+        sess.forward(mine(ids[:3]), with_logits=False)
+        logits = sess.forward(mine(slots), tree=(parents, n_nodes))
+        walks = [sess.verify_tree(logits, n_nodes, mine(slots), mine(thresholds), mine(q_try), parents, t, priv)
+                 for t, priv in ((0.0, "strict"), (1.0, "strict"), (0.8, "paper"))]
+        path = walks[1][0]
+        sess.keep_path(4, path)
+        again = sess.forward(mine(ids[3:4]))
+        return logits, again, walks
+
+    sim_logits, sim_again, sim_walks = program(None, None)
+    parts, _ = run_parties(program, config=DEFAULT_MPC_CONFIG)
+    assert_same_shares([sim_logits, sim_again], [list(parts[0][:2]), list(parts[1][:2])])
+    for (path, out), (path_c, out_c), (path_s, _) in zip(sim_walks, parts[CLIENT][2], parts[SERVER][2]):
+        assert path == path_c == path_s  # the accepted path: opened to both
+        np.testing.assert_array_equal(np.asarray(out_c), np.asarray(out))  # token or row: the client's only
+
+
 def test_xor_openings_carry_only_the_bits_they_open():
     """An opening of 1-bit words sends ⌈n/8⌉ bytes and reveals bit 0 only, whatever the
     higher bits of the shares hold (b2a and select_bit open masked bit 0 alone)."""

@@ -189,6 +189,32 @@ def test_three_processes_seeded_sampling_equals_simulation(parties, tiny_folder)
     assert 0 < sum(sim["accepted_per_step"]) < 3 * len(sim["accepted_per_step"])  # rejections happened
 
 
+@pytest.mark.slow
+def test_three_processes_tree_post(parties, tiny_folder):
+    """Token-tree POST through three processes: greedy equals plain decoding, and a seeded
+    sampled adaptive run (`--privacy paper`: every draw is the client's) gives the
+    simulation's tokens and accepted paths (the server builds each pass's tree mask from
+    the public shape and node count, and keeps its own copy of the opened path)."""
+    start, model, _ = parties
+    _, server, dport, sport = start()
+    want = plain_tokens(model, 5)
+    r = client(model, sport, dport, "--mode", "post", "--temperature", "0", "--max-new-tokens", "5",
+               "--ignore-eos", "--public", str(model), "--tree", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["tokens"] == want
+    public = tiny_folder("public", seed=4, vocab_size=264)
+    args = ["--mode", "post", "--privacy", "paper", "--temperature", "1", "--seed", "11", "--tree", "6",
+            "--adaptive", "--max-new-tokens", "8", "--ignore-eos", "--public", str(public)]
+    sim = subprocess.run(PSPEC + ["generate", PROMPT, "--private", str(model), "--json", *args],
+                         capture_output=True, text=True, timeout=600, env=_env())
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    real = client(model, sport, dport, *args)
+    assert real.returncode == 0, real.stderr[-3000:]
+    sim, real = json.loads(sim.stdout), json.loads(real.stdout)
+    assert real["tokens"] == sim["tokens"] and real["accepted_per_step"] == sim["accepted_per_step"]
+    assert PROMPT not in server.text()
+
+
 # ---------------------------------------------------------------------------------------
 # Faults. Every case runs real processes, bounds every wait, kills what it started, and
 # checks the one line the user sees (and that no traceback reaches them). The quick

@@ -20,6 +20,13 @@ p_i(x_i) = e_i(x_i)/Z_i, and the test is division-free: a_i·Z_i < e_i(x_i).
    bonus) when all γ drafts pass — with q_γ = 0 both are one formula, so the program has
    no secret-dependent (or n-dependent) branch. `speculative_verify` does steps 1–4 in
    one function, for the two privacy modes; `greedy_verify` is the temperature-0 case.
+
+Token trees (`tree_verify`): the same test at every node of a drafted tree, with the
+recursive rejection over siblings (SpecInfer; `pspec_jax.decode.tree` has the rule and
+its proof). The tree's shape is public (a function of the node budget, and the drafted
+node count), its tokens and the client's laws are not. Siblings' residuals are computed
+for every node at once (the tests at a node do not depend on how the walk got there);
+the accepted path is an AND over public sets of accept bits, and only the path is opened.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from mpc.protocols import compare as C, linear as L
 from mpc.protocols.nonlinear import reciprocal
 from mpc.protocols.oblivious import select_client_index
 from mpc.protocols.sampling import argmax, sample_index, vocab_weights
-from mpc.shares import CLIENT, Shared, XorShared, concatenate
+from mpc.shares import CLIENT, Shared, XorShared, concatenate, concatenate_xor, stack, where_public
 
 ONE = np.uint64(1)
 A_FRAC = 28  # most fractional bits of the client's threshold a = r·q(x) (fewer when a·Z needs room)
@@ -168,3 +175,159 @@ def greedy_verify(ctx: Context, logits: Shared, drafts, op: str = "verify"):
     n = first_rejection(ctx, C.not_bit(differs), to=BOTH, op=f"{op}/first_rejection")
     token = ctx.channel.open(f"{op}/open_token", best[jnp.asarray(n, jnp.int32)], to=CLIENT)
     return n, token.astype(jnp.int64)
+
+
+# ----------------------------------------------------------------------- token trees
+def tree_index(parents: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The public structure `tree_verify` needs of a tree given by `parents` (the parent
+    of slots 1..M−1; slot 0 is the root, a parent's index is below its child's):
+    rank (M,) the slot's 1-based position among its siblings (0 for the root), prev (M,)
+    its previous sibling (−1 for a first child), and literals (M−1, L): for slot i, the
+    accept bits (indices 0..M−2) of i and of its ancestors, and the rejections (indices
+    M−1..2M−3) of their earlier siblings — i is on the accepted path iff all of these
+    hold; index 2M−2 (a constant 1) pads the rows to one width L."""
+    M = len(parents) + 1
+    parent = np.asarray((-1,) + tuple(parents), np.int64)
+    if any(not 0 <= parent[i] < i for i in range(1, M)):
+        raise ValueError(f"tree_index: every parent must precede its child, got {parents}")
+    rank, prev, last = np.zeros(M, np.int64), np.full(M, -1, np.int64), {}
+    for i in range(1, M):
+        prev[i] = last.get(parent[i], -1)
+        rank[i] = 1 if prev[i] < 0 else rank[prev[i]] + 1
+        last[parent[i]] = i
+    rows = []
+    for i in range(1, M):
+        lits, a = [], i
+        while a > 0:
+            lits.append(a - 1)
+            s = prev[a]
+            while s > 0:
+                lits.append(M - 1 + s - 1)
+                s = prev[s]
+            a = parent[a]
+        rows.append(lits)
+    width = max(len(r) for r in rows)
+    literals = np.full((M - 1, width), 2 * M - 2, np.int64)
+    for i, r in enumerate(rows):
+        literals[i, :len(r)] = r
+    return {"parent": parent, "rank": rank, "prev": prev, "literals": literals}
+
+
+def _and_rows(ctx: Context, x: XorShared, one: XorShared, op: str) -> XorShared:
+    """AND along the last axis of bits (R, L): ⌈log2 L⌉ rounds, 1 byte per AND per party."""
+    while x.shape[-1] > 1:
+        if x.shape[-1] % 2:
+            x = concatenate_xor([x, one.broadcast_to((x.shape[0], 1))], axis=1)
+        half = x.shape[-1] // 2
+        (x,) = C.and_many(ctx, [(x[:, :half], x[:, half:])], bits=1, op=op)
+    return x[:, 0]
+
+
+def _residual_rows(ctx: Context, w: Shared, s: Shared, q, op: str) -> Shared:
+    """Unnormalised norm(max(r − q, 0)) for r = w / s (rows of w (R, V), totals s (R,)
+    at scale exp_frac; q (R, V) the client's laws): max(w − q·s, 0). Cost: a product
+    (16·R·V bytes, 1 round), a truncation (1 round) and a ReLU (≤ 8 rounds)."""
+    f = ctx.config.nonlinear.exp_frac
+    V = w.shape[-1]
+    q_sh = ctx.share(jnp.asarray(q, jnp.float64), owner=CLIENT, frac=f)
+    qs = L.mul(ctx, q_sh, s[:, None], op=op + "/qZ")  # scale 2f
+    w_up = w.mul_public(np.uint64(1 << f), frac=2 * f)
+    r = L.truncate(ctx, w_up - qs, f, op=op + "/trunc")
+    # Truncate, then clip: entries with r ≤ q stay exactly 0. |r| ≤ s < 2^(log V + 1).
+    return C.relu(ctx, r, op=op, bits=min(64, f + math.ceil(math.log2(max(V, 2))) + 3))
+
+
+def tree_verify(ctx: Context, logits: Shared, n_nodes, tokens, thresholds, q_try, *, parents: tuple[int, ...],
+                temperature: float = 1.0, privacy: str = "strict", op: str = "verify_tree"):
+    """The private recursive rejection walk over a token tree, and the next token.
+
+    Args:
+      logits: (M, V) shared logits of the private model at the tree's M slots (slot 0 the
+        root, the last accepted token), from one pass with the tree mask.
+      n_nodes: public int scalar: slots 1..n_nodes hold drafted nodes, the rest is padding
+        (an adaptive tree uses a prefix of the shape; the server learns the count).
+      tokens: (M,) the client's node tokens c_i (slot 0 unused).
+      thresholds: (M,) the client's a_i = u_i·q_i(c_i), u_i ~ U[0, 1) (slot 0 unused).
+      q_try: (M, V) the client's laws: row i is the law slot i was drawn from given its
+        earlier siblings (q without them, renormalised, or δ_{c_i} for a "top" tree).
+      parents: public (a static argument): the parents of slots 1..M−1 (`tree_index`).
+      temperature: 0 = greedy (a node is accepted iff it is its parent's private argmax).
+      privacy: "strict" (the token drawn inside MPC, its id opened to the client) or
+        "paper" (p at the last accepted node opened to the client, which applies the
+        residuals of that node's rejected children and samples itself).
+    Returns:
+      (on_path (M−1,) 0/1 opened to both: slot i+1 is on the accepted path, which is a
+       chain from the root — n = Σ on_path; out: the next token id (strict, greedy) or
+       p at the path's last node (paper, (V,) reals), opened to the client only).
+
+    Steps (sampled; greedy replaces 1–3 by the argmax test of `greedy_verify`):
+      1. e = exp-weights of every slot (`vocab_weights`), S = Σ e.
+      2. Sibling residuals, all nodes at once: a first child is tested against w = e of
+         its parent; the k-th child against w_k = max(w_{k−1} − q_{k−1}·S_{k−1}, 0) of the
+         previous sibling (`_residual_rows`), one level per sibling rank.
+      3. accept_i = [a_i·S_i < w_i(c_i)] (`accept_flags`), padding slots forced to 0.
+      4. on_path(i) = AND of accept over i and its ancestors and of NOT accept over their
+         earlier siblings (public literal sets, `tree_index`); opened to both (1 round).
+      5. The next token at the path's last node v: the residual after v's last drafted
+         child (or e_v at a leaf) sampled inside MPC (strict), or p_v opened (paper).
+    Rounds (Kogge–Stone comparisons, V ≈ 50k): weights ≈ 80; (K−1)·10 for K sibling
+    ranks; accept 9; path ⌈log2 L⌉ + 1; strict: residual 10, sample 11, open 1 (paper:
+    reciprocal 12, product 2, open 1). Bytes: dominated by the selection (8·(M−1)·V from
+    the server), the residual levels (≈ 40·V per node with siblings after it) and the
+    weights (as `speculative_verify` over M rows).
+    """
+    if privacy not in PRIVACY_MODES:
+        raise ValueError(f"tree_verify: privacy must be one of {PRIVACY_MODES}, got {privacy!r}")
+    M, V = logits.shape
+    if len(parents) != M - 1:
+        raise ValueError(f"tree_verify: {M} logit rows but a shape of {len(parents)} nodes")
+    t = tree_index(tuple(parents))
+    parent, rank, prev = t["parent"], t["rank"], t["prev"]
+    slots = np.arange(1, M)
+    valid = (jnp.arange(1, M) <= jnp.asarray(n_nodes, jnp.int32)).astype(jnp.uint64)  # (M−1,) public
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if temperature == 0.0:
+        best = argmax(ctx, logits, op=f"{op}/argmax")  # (M,)
+        d = best[parent[1:]].add_public((-tokens[1:].astype(jnp.int64)).astype(jnp.uint64), party=CLIENT)
+        bits = max(8, math.ceil(math.log2(max(V, 2))) + 2)
+        signs = C.msb(ctx, concatenate([d, -d]), op=f"{op}/differs", bits=bits)
+        accept = C.not_bit(signs[:M - 1] ^ signs[M - 1:])
+    else:
+        e = vocab_weights(ctx, logits, temperature, op=op)  # (M, V) ∝ p at exp_frac
+        Z = e.sum(axis=-1)
+        w_rows, s_rows = {}, {}  # slot -> the residual its test runs against, and its total
+        for i in slots[rank[slots] == 1]:
+            w_rows[i], s_rows[i] = e[int(parent[i])], Z[int(parent[i])]
+        for k in range(2, int(rank.max()) + 1):
+            level = slots[rank[slots] == k]
+            before = [int(prev[i]) for i in level]
+            w = _residual_rows(ctx, stack([w_rows[b] for b in before]), stack([s_rows[b] for b in before]),
+                               jnp.asarray(q_try)[np.asarray(before)], op=f"{op}/siblings{k}")
+            for j, i in enumerate(level):
+                w_rows[i], s_rows[i] = w[j], w[j].sum()
+        W, S = stack([w_rows[i] for i in slots]), stack([s_rows[i] for i in slots])
+        accept = accept_flags(ctx, W, S, tokens[1:], jnp.asarray(thresholds)[1:], op=f"{op}/accept")
+    accept = accept.and_public(valid)
+    one = accept[:1].and_public(np.uint64(0)).xor_public(ONE)  # a constant 1 (local)
+    literals = concatenate_xor([accept, C.not_bit(accept), one])
+    on_path = _and_rows(ctx, literals[t["literals"]], one, op=f"{op}/path")
+    on_path = ctx.channel.open(f"{op}/open_path", on_path, bits=1) & ONE  # (M−1,) to both
+    last = jnp.max(jnp.where(on_path == 1, jnp.arange(1, M), 0))  # the path's last node (0: the root)
+    if temperature == 0.0:
+        return on_path, ctx.channel.open(f"{op}/open_token", best[last], to=CLIENT).astype(jnp.int64)
+    nl = ctx.config.nonlinear
+    e_v, z_v = e[last], Z[last].reshape(1)
+    if privacy == "paper":
+        r = reciprocal(ctx, z_v, lo=1.0, hi=1.04 * V, op=f"{op}/reciprocal")
+        p = L.mul(ctx, e_v, r, op=f"{op}/normalise")
+        p = L.truncate(ctx, p, p.frac - nl.exp_frac, op=f"{op}/normalise/trunc")
+        return on_path, ctx.reveal(p, to=CLIENT, op=f"{op}/open_row")
+    # The residual after the last node's last drafted child (public: the path is open).
+    kids = jnp.asarray((parent[1:] == np.arange(M)[:, None]), jnp.int32)  # (M, M−1) public
+    last_child = jnp.max(jnp.where((kids[last] == 1) & (valid == 1), jnp.arange(1, M), 0))
+    at = jnp.maximum(last_child - 1, 0)
+    w_after = _residual_rows(ctx, W[at][None], S[at].reshape(1), jnp.asarray(q_try)[last_child][None],
+                             op=f"{op}/residual")[0]
+    w = where_public(last_child > 0, w_after, e_v)
+    token = sample_index(ctx, w[None], op=f"{op}/sample")[0]
+    return on_path, ctx.channel.open(f"{op}/open_token", token, to=CLIENT).astype(jnp.int64)

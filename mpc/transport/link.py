@@ -264,7 +264,8 @@ class Link:
             if self._wire.delivered != before:  # part of a message was consumed: out of step
                 self._recv_error = err
             raise
-        except PeerGone as err:
+        except PeerGone as gone:
+            err = gone
             if self._wire.delivered != before:
                 err = PeerGone(f"connection to {self.peer_role} lost in the middle of a message")
             elif self._send_error is None and not self._closed:

@@ -2,11 +2,13 @@
 
 One run decodes the same held-out prompts (chat template, `distill.prompts.EVAL`) with
   * standard secure decoding (one secure pass and a secure sample per token), and
-  * POST for each γ with the aligned drafter (the one `make demo` uses),
-and reports, per γ and network preset, tokens, secure passes, the acceptance rate,
-tokens per step, compute seconds, bytes, rounds, modelled seconds per token, and the
-speed-up of POST over standard secure decoding (decode phase, per generated token; the
-prefill is common to both and excluded).
+  * POST with the aligned drafter (the one `make demo` uses) for each draft shape: chains
+    of γ drafts, token trees of N nodes (the static shape for N), adaptive trees,
+and reports, per shape and network preset, tokens, secure passes, the acceptance rate
+(chains), nodes drafted per step (trees), tokens per step, compute seconds, bytes,
+rounds, modelled seconds per token, and the speed-up of POST over standard secure
+decoding (decode phase, per generated token; the prefill is common to both and excluded).
+Every chain, tree and adaptive row is measured end to end.
 
 Secure runs are expensive (seconds per pass on 2 CPU cores), so their acceptance figures
 come from few tokens. A second, larger sample of the acceptance comes from plain
@@ -31,7 +33,28 @@ from typing import Any
 from pspec_jax.errors import UserError
 
 PRESETS = ("lan", "wan")
-GAMMAS = (2, 4, 8, 16)
+GAMMAS = (4, 8)
+TREES = (8, 16, 32)
+ADAPTIVE_TREES = (16,)
+
+
+def draft_shapes(gammas, trees, adaptive) -> list[tuple[str, int]]:
+    """The measured configurations: ("chain", γ), ("tree", N), ("adaptive", N)."""
+    return ([("chain", g) for g in gammas] + [("tree", n) for n in trees]
+            + [("adaptive", n) for n in adaptive])
+
+
+def shape_label(shape: str, budget: int) -> str:
+    return {"chain": f"chain γ={budget}", "tree": f"tree N={budget}", "adaptive": f"adaptive N={budget}"}[shape]
+
+
+def _post(private, drafter, ids, tokens, shape, budget, sampling, privacy, session, seed):
+    from pspec_jax.decode.post import generate_post
+
+    if shape == "chain":
+        return generate_post(private, drafter, ids, tokens, budget, sampling, privacy, session=session, seed=seed)
+    return generate_post(private, drafter, ids, tokens, sampling=sampling, privacy=privacy, session=session,
+                         seed=seed, tree=budget, adaptive=shape == "adaptive")
 
 
 def heldout_prompts(tokenizer, k: int) -> list[list[int]]:
@@ -82,23 +105,23 @@ def _drafting_seconds(drafter, prompt, gamma, sampling, repeats=3) -> float:
     return statistics.median(times)
 
 
-def secure_rows(private, drafter, name: str, prompts, gammas, tokens: int, sampling, privacy: str,
+def secure_rows(private, drafter, name: str, prompts, shapes, tokens: int, sampling, privacy: str,
                 log=print) -> dict[str, Any]:
     """The secure runs: standard secure decoding (the baseline, per generated token of the
-    decode phase) and POST with `drafter` per γ (measured rows, and each γ's cost of one
-    step, drafting included)."""
-    from pspec_jax.decode.post import generate_post
+    decode phase) and POST with `drafter` per draft shape (`draft_shapes`; measured rows,
+    and each chain's cost of one step, drafting included, for the projections)."""
     from pspec_jax.decode.secure import generate_secure
     from pspec_jax.secure import SecureSession
 
-    max_len = max(len(p) for p in prompts) + tokens + max(gammas) + 1
+    max_len = max(len(p) for p in prompts) + tokens + max(b for _, b in shapes) + 1
     session = SecureSession(private.config, private.params, max_len=max_len)
     # Warm-up: compile every program a measured decode step runs (the T = 1 pass and the
-    # secure sample; per γ, the T = γ+1 pass and the rejection program), so the figures are
-    # steady-state compute. Prefill shapes compile during the runs but are not measured.
+    # secure sample; per shape, its pass width(s) and the rejection program), so the
+    # figures are steady-state compute. Prefill shapes compile during the runs but are not
+    # measured; an adaptive tree's rarer widths may compile during its runs.
     generate_secure(private, prompts[0], 2, sampling, session=session)
-    for gamma in gammas:
-        generate_post(private, drafter, prompts[0], 1, gamma, sampling, privacy, session=session, seed=0)
+    for shape, budget in shapes:
+        _post(private, drafter, prompts[0], 1, shape, budget, sampling, privacy, session, seed=0)
     log("warm-up (compilation) done")
 
     std_reports, std_tokens = [], 0
@@ -112,24 +135,28 @@ def secure_rows(private, drafter, name: str, prompts, gammas, tokens: int, sampl
 
     rows: list[dict[str, Any]] = []
     step_costs: dict[int, dict[str, float]] = {}
-    for gamma in gammas:
-        reports, emitted, steps, accepted, verify_wan = [], 0, 0, 0, []
+    for shape, budget in shapes:
+        label = shape_label(shape, budget)
+        reports, emitted, steps, accepted, drafted, verify_wan = [], 0, 0, 0, 0, []
         for i, ids in enumerate(prompts):
             t0 = time.perf_counter()
-            r = generate_post(private, drafter, ids, tokens, gamma, sampling, privacy, session=session, seed=i)
-            log(f"POST γ={gamma}: {len(r.tokens)} tokens, {r.steps} steps in {time.perf_counter() - t0:.0f} s")
+            r = _post(private, drafter, ids, tokens, shape, budget, sampling, privacy, session, seed=i)
+            log(f"POST {label}: {len(r.tokens)} tokens, {r.steps} steps in {time.perf_counter() - t0:.0f} s")
             reports.append(r.extra["decode"])
             emitted += len(r.tokens)
             steps += r.steps
             accepted += sum(r.accepted_per_step)
+            drafted += r.drafted
             verify_wan.append(r.extra["verify_share"]["wan"])
         dec = sum_reports(reports)
-        step_costs[gamma] = per_token(dec, steps)
-        step_costs[gamma]["draft_s"] = _drafting_seconds(drafter, prompts[0], gamma, sampling)
+        if shape == "chain":
+            step_costs[budget] = per_token(dec, steps)
+            step_costs[budget]["draft_s"] = _drafting_seconds(drafter, prompts[0], budget, sampling)
         per_tok = per_token(dec, emitted)
-        rows.append({"drafter": name, "gamma": gamma, "kind": "measured", "tokens": emitted,
-                     "secure_passes": steps, "acceptance": accepted / (gamma * steps),
-                     "tokens_per_step": emitted / steps, "compute_s_per_token": per_tok["compute_s"],
+        rows.append({"drafter": name, "draft": label, "shape": shape, "budget": budget, "kind": "measured",
+                     "tokens": emitted, "secure_passes": steps, "nodes_per_step": drafted / steps,
+                     "acceptance": accepted / drafted, "tokens_per_step": emitted / steps,
+                     "compute_s_per_token": per_tok["compute_s"],
                      "bytes_per_token": per_tok["bytes"], "rounds_per_token": per_tok["rounds"],
                      **{f"{p}_s_per_token": per_tok[p] for p in PRESETS},
                      **{f"speedup_{p}": base[p] / per_tok[p] for p in PRESETS},
@@ -155,8 +182,9 @@ def projected_rows(private, drafters: dict[str, Any], secure: dict[str, Any], pr
             draft = _drafting_seconds(drafter, prompts[0], gamma, sampling) - c["draft_s"]
             tps = acc["tokens_per_step"]
             log(f"plain spec {name} γ={gamma}: {tps:.2f} tokens/step ({time.perf_counter() - t0:.0f} s)")
-            rows.append({"drafter": name, "gamma": gamma, "kind": "projected",
-                         "tokens": len(prompts) * tokens, "acceptance": acc["acceptance"],
+            rows.append({"drafter": name, "draft": shape_label("chain", gamma), "shape": "chain",
+                         "budget": gamma, "kind": "projected", "tokens": len(prompts) * tokens,
+                         "nodes_per_step": gamma, "acceptance": acc["acceptance"],
                          "tokens_per_step": tps, "compute_s_per_token": (c["compute_s"] + draft) / tps,
                          "bytes_per_token": c["bytes"] / tps, "rounds_per_token": c["rounds"] / tps,
                          **{f"{p}_s_per_token": (c[p] + draft) / tps for p in PRESETS},
@@ -173,8 +201,8 @@ def sum_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def by_preset(result: dict[str, Any]) -> dict[str, Any]:
-    """The `--json` layout: under each preset, the rows per γ and the best γ of the aligned
-    drafter (its measured rows when there are any) with its speed-up."""
+    """The `--json` layout: under each preset, the rows per draft shape and the best shape
+    of the aligned drafter (its measured rows when there are any) with its speed-up."""
     out = {}
     for p in PRESETS:
         rows = [{k: v for k, v in r.items() if not (k.startswith("speedup_") or k.endswith("_s_per_token"))
@@ -183,7 +211,7 @@ def by_preset(result: dict[str, Any]) -> dict[str, Any]:
         first = rows[0]["drafter"]
         mine = [r for r in rows if r["drafter"] == first]
         best = max([r for r in mine if r["kind"] == "measured"] or mine, key=lambda r: r["speedup"])
-        out[p] = {"rows": rows, "best": {"gamma": best["gamma"], "speedup": best["speedup"],
+        out[p] = {"rows": rows, "best": {"draft": best["draft"], "speedup": best["speedup"],
                                          "tokens_per_step": best["tokens_per_step"]},
                   "baseline_s_per_token": result["baseline"][f"{p}_s_per_token"]}
     return out
@@ -195,16 +223,17 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for (drafter, kind), style in zip(sorted({(r["drafter"], r["kind"]) for r in result["rows"]}),
-                                      ("-", "--", ":", "-.")):
-        rs = [r for r in result["rows"] if r["drafter"] == drafter and r["kind"] == kind]
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    groups = sorted({(r["drafter"], r["kind"], r["shape"]) for r in result["rows"]})
+    for (drafter, kind, shape), style in zip(groups, ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1)))):
+        rs = sorted((r for r in result["rows"] if (r["drafter"], r["kind"], r["shape"]) == (drafter, kind, shape)),
+                    key=lambda r: r["budget"])
         for p, marker in zip(PRESETS, ("o", "s")):
-            ax.plot([r["gamma"] for r in rs], [r[f"speedup_{p}"] for r in rs], style, marker=marker,
-                    label=f"{p}, {drafter} ({kind})")
+            ax.plot([r["budget"] for r in rs], [r[f"speedup_{p}"] for r in rs], linestyle=style, marker=marker,
+                    label=f"{p}, {shape}, {drafter} ({kind})")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("drafts per step (γ)")
+    ax.set_xlabel("drafts per step (γ, or the tree's node budget N)")
     ax.set_ylabel("speed-up over standard secure decoding")
     ax.set_title("POST vs standard secure decoding (SmolLM2-135M)")
     ax.grid(alpha=0.3)
@@ -256,9 +285,9 @@ def load_secure_costs(path: Path) -> dict[str, Any]:
         if any(c[p] == 0 for p in PRESETS):
             raise bad(f"step_costs[{g}] has no modelled time")
     for i, r in enumerate(secure["rows"]):
-        if not isinstance(r.get("drafter"), str) or not isinstance(r.get("kind"), str):
-            raise bad(f"rows[{i}] lacks its drafter or kind")
-        for key in ("gamma", "tokens_per_step", *(f"speedup_{p}" for p in PRESETS)):
+        if not all(isinstance(r.get(k), str) for k in ("drafter", "kind", "draft", "shape")):
+            raise bad(f"rows[{i}] lacks its drafter, kind or draft shape")
+        for key in ("budget", "tokens_per_step", *(f"speedup_{p}" for p in PRESETS)):
             number(r, key, f"rows[{i}]")
     return secure
 
@@ -269,13 +298,20 @@ def run_bench(args) -> dict:
 
     from distill.export import default_drafter_stages
     from pspec_jax.decode import Sampling
-    from pspec_jax.decode.common import check_gamma
+    from pspec_jax.decode.common import check_gamma, check_tree
     from pspec_jax.decode.post import check_privacy
     from pspec_jax.models import load_default_private, load_model
 
-    gammas = tuple(args.gammas or ((2, 4) if args.quick else GAMMAS))
+    gammas = tuple(args.gammas if args.gammas is not None else ((2, 4) if args.quick else GAMMAS))
+    trees = tuple(args.trees if args.trees is not None else ((4,) if args.quick else TREES))
+    adaptive = tuple(args.adaptive_trees if args.adaptive_trees is not None else (() if args.quick else ADAPTIVE_TREES))
     for g in gammas:
         check_gamma(g, post=True)
+    for n in trees + adaptive:
+        check_tree(n)
+    shapes = draft_shapes(gammas, trees, adaptive)
+    if not shapes:
+        raise UserError("nothing to measure: give at least one of --gammas, --trees, --adaptive-trees")
     if args.tokens < 1 or args.prompts < 1:
         raise UserError("--tokens and --prompts must be >= 1")
     check_privacy(args.privacy)
@@ -295,7 +331,7 @@ def run_bench(args) -> dict:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if secure is None:
         prompts = heldout_prompts(private.tokenizer, args.prompts)
-        secure = secure_rows(private, aligned, aligned.name, prompts, gammas, args.tokens, sampling,
+        secure = secure_rows(private, aligned, aligned.name, prompts, shapes, args.tokens, sampling,
                              args.privacy, log=log)
         secure["settings"] = {"tokens": args.tokens, "prompts": args.prompts,
                               "temperature": args.temperature, "privacy": args.privacy}
@@ -310,11 +346,11 @@ def run_bench(args) -> dict:
     presets = by_preset(result)
     if args.json:
         return {**presets, "baseline": result["baseline"], "settings": result["settings"], "plot": str(png)}
-    cols = ["drafter", "gamma", "kind", "tokens", "acceptance", "tokens_per_step", "compute_s_per_token",
+    cols = ["drafter", "draft", "kind", "tokens", "nodes_per_step", "acceptance", "tokens_per_step", "compute_s_per_token",
             "bytes_per_token", "rounds_per_token", "lan_s_per_token", "wan_s_per_token", "speedup_lan",
             "speedup_wan", "verify_share_wan"]
     rows = [{c: r.get(c, "") for c in cols} for r in result["rows"]]
-    base = {"drafter": "standard secure", "gamma": "-", "kind": "measured", **result["baseline"]}
+    base = {"drafter": "standard secure", "draft": "-", "kind": "measured", **result["baseline"]}
     return {"decode": [{c: base.get(c, "") for c in cols}, *rows],
             "best": [{"preset": p, **v["best"]} for p, v in presets.items()],
             "plot": [{"path": str(png)}]}

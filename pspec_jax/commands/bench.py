@@ -20,7 +20,12 @@ def add_arguments(parser) -> None:
     forward.add_argument("--shape", default=None,
                          help="instead, random weights of a real shape: gpt2-small, smollm2-135m, d960, llama7b-layer")
     decode = parser.add_argument_group("decode (POST vs standard secure decoding)")
-    decode.add_argument("--gammas", type=int, nargs="+", default=None, help="drafts per step (default 2 4 8 16)")
+    decode.add_argument("--gammas", type=int, nargs="*", default=None,
+                        help="chains of γ drafts per step (default 4 8)")
+    decode.add_argument("--trees", type=int, nargs="*", default=None,
+                        help="token trees of N nodes per step, the static shape for N (default 8 16 32)")
+    decode.add_argument("--adaptive-trees", type=int, nargs="*", default=None, dest="adaptive_trees",
+                        help="adaptive token trees of at most N nodes (default 16)")
     decode.add_argument("--tokens", type=int, default=16, help="tokens per prompt and run (default 16)")
     decode.add_argument("--prompts", type=int, default=2, help="held-out prompts decoded securely (default 2)")
     decode.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy")

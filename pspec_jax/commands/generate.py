@@ -102,11 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=int, default=None,
                         help=f"drafts per step, a chain (default {DEFAULT_GAMMA})")
     parser.add_argument("--tree", type=int, default=None, metavar="N",
-                        help="spec only: draft a token tree of up to N nodes per step instead of a "
-                             "chain, verified in one pass with an exact multi-candidate rule")
+                        help="spec and post: draft a token tree of up to N nodes per step (a public "
+                             "shape for N) instead of a chain, verified in one pass with an exact "
+                             "multi-candidate rule")
     parser.add_argument("--adaptive", action="store_true",
-                        help="with --tree: stop growing a tree once the drafter's estimate that the "
-                             "private model reaches the next node is low")
+                        help="with --tree: stop drafting a tree once the drafter's estimate that the "
+                             "private model reaches the next node is low (post: the server sees the "
+                             "node count)")
     parser.add_argument("--max-new-tokens", type=int, default=64, dest="max_new_tokens")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="0 = greedy (default 1.0)")
@@ -291,7 +293,7 @@ def remote_runner(args: argparse.Namespace):
                               drafter=req.drafter() if args.mode == "post" else None,
                               max_new_tokens=req.max_new_tokens, gamma=req.gamma, sampling=req.sampling,
                               privacy=args.privacy or DEFAULT_PRIVACY, eos_id=req.eos_id,
-                              on_tokens=req.on_tokens, seed=req.seed)
+                              on_tokens=req.on_tokens, seed=req.seed, tree=args.tree, adaptive=args.adaptive)
         wall = time.perf_counter() - t0
         ledger = res.extra["_ledger"]
         # What the client's ledger says it sent to the server (online + set-up): the payload
@@ -334,19 +336,16 @@ def prompt_text(args: argparse.Namespace) -> str:
 
 
 def check_tree_options(args: argparse.Namespace) -> None:
-    """--tree N (spec only; post: not yet) and --adaptive (needs --tree); fills in the
-    default γ when no tree is asked for."""
+    """--tree N (spec and post) and --adaptive (needs --tree); fills in the default γ when
+    no tree is asked for."""
     from pspec_jax.decode.common import check_tree
 
     tree, adaptive = getattr(args, "tree", None), getattr(args, "adaptive", False)
     if adaptive and tree is None:
         raise UserError("--adaptive needs --tree N (it stops growing a token tree early)")
     if tree is not None:
-        if args.mode == "post":
-            raise UserError("--tree with --mode post is not supported yet (token trees run in --mode spec "
-                            "for now); use --gamma for a chain")
-        if args.mode != "spec":
-            raise UserError(f"--tree does not apply to --mode {args.mode} (only to spec)")
+        if args.mode not in ("spec", "post"):
+            raise UserError(f"--tree does not apply to --mode {args.mode} (only to spec and post)")
         if args.gamma is not None:
             raise UserError("give either --gamma (a chain of drafts) or --tree N (a token tree), not both")
         check_tree(tree)

@@ -63,5 +63,6 @@ def run_post(req) -> GenerationResult:
     --network and --privacy before loading the models)."""
     args = req.args
     res = generate_post(req.private, req.drafter(), req.prompt_ids, req.max_new_tokens, req.gamma,
-                        req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed)
+                        req.sampling, args.privacy, req.eos_id, req.on_tokens, seed=req.seed,
+                        tree=args.tree, adaptive=args.adaptive)
     return finish_cli(res, args)

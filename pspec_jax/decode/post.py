@@ -12,6 +12,12 @@ Each step:
      argmax, and the next token is the argmax of row n.
   4. Both caches roll back to the accepted prefix (the server learns n this way).
 
+Token trees (`tree=N`): step 1 fills the public static shape for N
+(`pspec_jax.decode.tree.static_shape`) with drafts, step 2's pass runs over the root and
+the tree's slots with the tree mask, step 3 is the private walk over siblings
+(`mpc.protocols.rejection.tree_verify`, which opens the accepted path to both), and step
+4 keeps the path's rows in both caches (`keep_path`) instead of rolling back.
+
 The emitted tokens follow the private model's law exactly (up to the fixed-point error of
 p); tests check it statistically against the exact law. The secure pass over γ+1 tokens
 costs little more than over one, so each accepted draft saves most of a pass.
@@ -34,17 +40,46 @@ import numpy as np
 import mpc
 from mpc.protocols.rejection import PRIVACY_MODES
 from pspec_jax.decode.accept import residual
-from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, check_ids, prefill,
+from pspec_jax.decode.common import (GenerationResult, OnTokens, check_gamma, check_ids, check_tree, prefill,
                                      run_steps, token_buffer)
 from pspec_jax.decode.costs import CostReport
 from pspec_jax.decode.sampling import Sampling, client_key, sample, secret_uniform, step_key
 from pspec_jax.decode.secure import check_secure_sampling, check_temperature, ledger_slice
 from pspec_jax.decode.spec import check_pair, draft_tokens
+from pspec_jax.decode.tree import draft_tree
 from pspec_jax.errors import UserError
 
 RULES = ("exact", "always_accept")  # always_accept: NEGATIVE CONTROL for tests only
 
 draft_program = jax.jit(draft_tokens, static_argnums=(0, 1, 2))
+draft_tree_program = jax.jit(draft_tree, static_argnums=(0, 1, 2, 3))
+
+
+def tree_width(n_nodes: int, budget: int) -> int:
+    """The rows of a tree step's secure pass: the root and n_nodes drafted nodes, rounded
+    up to 2^k + 1 (at most budget + 1), so an adaptive run compiles a few pass widths,
+    not one per node count. The padding slots are never on the path."""
+    width = 2
+    while width < n_nodes + 1:
+        width = 2 * width - 1
+    return min(width, budget + 1)
+
+
+def tried_laws(tree) -> jax.Array:
+    """(M, V) the law each slot's token was drawn from given its earlier siblings (the
+    client's input to the walk): q of the parent without the earlier siblings,
+    renormalised ("sample"), or δ of the token ("top"); zero rows for the root and
+    padding."""
+    M, V = tree.q.shape
+    idx = jnp.arange(M)
+    valid = (idx >= 1) & (idx <= tree.n_nodes)
+    one_hot = jax.nn.one_hot(tree.tokens, V, dtype=jnp.float32) * valid[:, None]
+    if tree.kind == "top":
+        return one_hot
+    earlier = (tree.parent[None, :] == tree.parent[:, None]) & (idx[None, :] < idx[:, None]) & valid[None, :]
+    taken = earlier.astype(jnp.float32) @ one_hot  # (M, V): tokens of earlier siblings
+    q = jnp.where(taken > 0, 0.0, tree.q[jnp.maximum(tree.parent, 0)]) * valid[:, None]
+    return q / jnp.maximum(jnp.sum(q, axis=-1, keepdims=True), 1e-30)
 
 
 @dataclasses.dataclass
@@ -61,8 +96,15 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
                   eos_id: int | None = None, on_tokens: OnTokens | None = None,
                   seed: int | None = None, mpc_config: mpc.MPCConfig | None = None,
                   dealer_seed: bytes | None = None, session=None,
-                  rule: str = "exact") -> GenerationResult:
+                  rule: str = "exact", tree: int | None = None, adaptive: bool = False,
+                  tree_drafter=None) -> GenerationResult:
     """POST decoding of `private` with the public `drafter` (ModelBundles).
+
+    `tree` = N: each step drafts a token tree of up to N nodes in the public static shape
+    for N (`pspec_jax.decode.tree`) instead of a chain of γ, verifies all of them in one
+    secure pass with the tree mask and walks them privately (`tree_verify`); `adaptive`
+    stops drafting early on the drafter's confidence (the server learns the node count);
+    `tree_drafter` overrides the drafting strategy (its shape must be static).
 
     `seed` fixes the client's drafting and acceptance randomness, for tests and
     reproductions only: a seeded run is not private (whoever knows the seed predicts every
@@ -79,7 +121,16 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     """
     from pspec_jax.secure import SecureSession
 
-    check_gamma(gamma, post=True)
+    if tree is None:
+        check_gamma(gamma, post=True)
+    else:
+        from pspec_jax.decode.tree import default_drafter
+
+        gamma = check_tree(tree)  # the rows a step appends beyond the root, as γ does
+        tree_drafter = tree_drafter or default_drafter(sampling, adaptive, n_nodes=tree)
+        if tree_drafter.shape is None:
+            raise UserError("POST verifies token trees of a static shape only (the server must not "
+                            "learn a data-dependent shape)")
     check_privacy(privacy)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -118,6 +169,55 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
     decode_mark = ledger.snapshot()
 
     costs = StepCosts()
+    nodes: list[int] = []  # tree runs: nodes drafted per step
+
+    def tree_step(state: tuple) -> tuple[tuple, int, list[int]]:
+        cache_d, tokens, length, i = state
+        k_draft, k_r, k_y = jax.random.split(step_key(key, jnp.int32(i)), 3)
+        # 1. the client drafts a tree in the public static shape, in the clear.
+        ts = time.perf_counter()
+        drafted, cache_d = draft_tree_program(drafter.config, sampling, gamma, tree_drafter, drafter.params,
+                                              cache_d, tokens, jnp.int32(length), k_draft)
+        n_nodes = int(drafted.n_nodes)
+        nodes.append(n_nodes)
+        width = tree_width(n_nodes, gamma)  # the pass's rows: the server sees this and n_nodes
+        parents = tree_drafter.shape[:width - 1]
+        slots = np.asarray(drafted.tokens)[:width]
+        q_try = np.asarray(tried_laws(drafted), np.float64)[:width]
+        u = secret_uniform(width) if seed is None else np.asarray(jax.random.uniform(k_r, (width,), jnp.float64))
+        thresholds = u * q_try[np.arange(width), slots] if rule == "exact" else np.zeros(width)
+        costs.draft_s += time.perf_counter() - ts
+        # 2. one secure pass over the root and the tree's slots (the tree mask is public).
+        ts = time.perf_counter()
+        with ledger.scope("forward"):
+            logits = session.forward(slots, tree=(parents, n_nodes))
+        costs.forward_s += time.perf_counter() - ts
+        # 3. the private walk: the accepted path (both learn it) and the next token.
+        ts = time.perf_counter()
+        path, result = session.verify_tree(logits, n_nodes, slots, thresholds, q_try, parents,
+                                           float(sampling.temperature), privacy)
+        if privacy == "paper" and not sampling.greedy:  # the client applies the last node's rejections
+            last = path[-1] if path else 0
+            r = jnp.clip(jnp.asarray(result, jnp.float32), 0.0, None)
+            r = r / jnp.sum(r)
+            for c in range(1, n_nodes + 1):
+                if parents[c - 1] == last:
+                    r = residual(r, jnp.asarray(q_try[c], jnp.float32))
+            y = int(sample(k_y, r))
+        else:
+            y = int(result)
+        costs.verify_s += time.perf_counter() - ts
+        # 4. both caches keep the accepted path's rows behind the root.
+        ts = time.perf_counter()
+        new = [int(slots[c]) for c in path] + [y]
+        n = len(path)
+        tokens = tokens.at[0, length:length + n + 1].set(jnp.asarray(new, jnp.int32))
+        session.keep_path(length, path)
+        src = jnp.asarray([length - 1 + c for c in path] + [0] * (gamma - n), jnp.int32)
+        cache_d = cache_d.keep_path(length, src, n)
+        length += n + 1
+        costs.draft_s += time.perf_counter() - ts
+        return (cache_d, tokens, length, i + 1), n, new
 
     def step(state: tuple) -> tuple[tuple, int, list[int]]:
         cache_d, tokens, length, i = state  # drafter cache, ids so far, their count, step
@@ -158,7 +258,8 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         costs.draft_s += time.perf_counter() - ts
         return (cache_d, tokens, length, i + 1), n, new
 
-    run = run_steps(step, (cache_d, tokens, len(prompt_ids), 0), max_new, max_new_tokens, eos_id, on_tokens)
+    run = run_steps(step if tree is None else tree_step, (cache_d, tokens, len(prompt_ids), 0), max_new,
+                    max_new_tokens, eos_id, on_tokens)
 
     decode_compute = costs.draft_s + costs.forward_s + costs.verify_s
     steps = run.steps
@@ -172,14 +273,17 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         **total.to_json(tokens=len(run.tokens)), "prefill": prefill_rep.to_json(),
         "decode": decode_rep.to_json(tokens=max(1, len(run.tokens))),
         "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
-        "gamma": gamma, "privacy": privacy,
+        "privacy": privacy, **({"gamma": gamma} if tree is None else
+                               {"tree": tree, "adaptive": tree_drafter.threshold > 0, "tree_kind": tree_drafter.kind,
+                                "nodes_per_step": nodes}),
         "draft_s": round(costs.draft_s, 4),
         "forward": forward_rep.to_json(), "verify": verify_rep.to_json(),
         # The rejection protocol's share of the decode steps' modelled time, per preset.
         "verify_share": {k: round(verify_rep.modeled_s[k] / decode_rep.modeled_s[k], 4)
                          for k in decode_rep.modeled_s if decode_rep.modeled_s[k] > 0},
     }
-    res = run.result("post", drafted=gamma * steps, prefill_seconds=prefill_compute, extra=extra)
+    res = run.result("post", drafted=gamma * steps if tree is None else sum(nodes), prefill_seconds=prefill_compute,
+                     extra=extra)
     res.extra["_ledger"] = ledger  # removed by the CLI before printing
     res.extra["_ranges"] = session.calibration()  # shown by --profile (removed by the CLI)
     return res

@@ -59,6 +59,21 @@ def _lin(ops: Any, x: Any, p: Params) -> Any:
     return ops.linear(x, p["w"], p.get("b"))
 
 
+def tree_layout(parents: tuple[int, ...], n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(depths (M,) int32, ancestors (M, M) bool) of a token tree's M = len(parents) + 1
+    slots, public: slot 0 is the root, slot i's parent is parents[i − 1] (< i); only slots
+    1..n_nodes are drafted, later ones are padding at the root's position that see
+    themselves only (both parties derive this from the public shape and node count)."""
+    M = len(parents) + 1
+    depths, ancestors = np.zeros(M, np.int32), np.eye(M, dtype=bool)
+    for i in range(1, n_nodes + 1):
+        if not 0 <= parents[i - 1] < i:
+            raise ValueError(f"tree_layout: slot {i}'s parent {parents[i - 1]} must precede it")
+        depths[i] = depths[parents[i - 1]] + 1
+        ancestors[i] |= ancestors[parents[i - 1]]
+    return depths, ancestors
+
+
 def tree_mask(start: jax.Array, ancestors: jax.Array, rows: int) -> jax.Array:
     """The public attention mask of T tree nodes whose tree occupies cache rows
     [start, start + M) (node j at row start + j).

@@ -87,7 +87,7 @@ class Client:
     def generate(self, private: PublicModel, prompt_ids: list[int], *, mode: str = "post", drafter=None,
                  max_new_tokens: int = 32, gamma: int = 4, sampling: Sampling = Sampling(),
                  privacy: str = "strict", eos_id: int | None = None, on_tokens: OnTokens | None = None,
-                 seed: int | None = None) -> GenerationResult:
+                 seed: int | None = None, tree: int | None = None, adaptive: bool = False) -> GenerationResult:
         """Secure (`mode="secure"`) or POST (`mode="post"`, with the public `drafter`)
         decoding of the server's private model; see `generate_secure` / `generate_post`.
         A lost peer raises UserError with one line."""
@@ -97,13 +97,14 @@ class Client:
         if mode not in ("secure", "post"):
             raise UserError(f"a client runs mode secure or post, not {mode!r}")
         ctx_len = private.config.max_seq_len
-        rows = cache_bucket(len(prompt_ids) + max_new_tokens + (gamma + 1 if mode == "post" else 0), ctx_len)
+        lookahead = (gamma if tree is None else tree) + 1 if mode == "post" else 0
+        rows = cache_bucket(len(prompt_ids) + max_new_tokens + lookahead, ctx_len)
         session = None
         try:
             session = self._open(private, rows)
             if mode == "post":
                 res = generate_post(private, drafter, prompt_ids, max_new_tokens, gamma, sampling, privacy,
-                                    eos_id, on_tokens, seed=seed, session=session)
+                                    eos_id, on_tokens, seed=seed, session=session, tree=tree, adaptive=adaptive)
             else:
                 res = generate_secure(private, prompt_ids, max_new_tokens, sampling, eos_id, on_tokens,
                                       session=session)

@@ -42,7 +42,7 @@ from pspec_jax.secure.ranges import ModelRanges, session_config
 PROTOCOL_VERSION = "pspec/1"
 DEALER_FINGERPRINT = "dealer"  # the dealer is model-agnostic
 PRIVACY_CODES = ("strict", "paper")
-CLOSE, FORWARD, ROLLBACK, VERIFY, NEXT_TOKEN = range(5)
+CLOSE, FORWARD, ROLLBACK, VERIFY, NEXT_TOKEN, TREE_FORWARD, TREE_VERIFY, KEEP_PATH = range(8)
 # Payload bytes of the client's control messages (session request, commands): not the
 # protocol's, so not in the ledger; the request (max_len, k_01) once, 8 per command word.
 REQUEST_BYTES = 8 + KEY_BYTES
@@ -137,7 +137,11 @@ class RemoteSession(SecureSession):
         self.link.send([np.asarray(words, np.int64)])
         self.control_bytes += 8 * len(words)
 
-    def forward(self, token_ids, logits_last_only: bool = False, with_logits: bool = True):
+    def forward(self, token_ids, logits_last_only: bool = False, with_logits: bool = True, tree=None):
+        if tree is not None:  # the shape and node count are public: the server builds the mask itself
+            parents, n_nodes = tree
+            self._command(TREE_FORWARD, int(n_nodes), *[int(p) for p in parents])
+            return super().forward(token_ids, tree=tree)
         T = int(np.asarray(token_ids).size)
         self._command(FORWARD, T, int(with_logits), int(logits_last_only))
         return super().forward(token_ids, logits_last_only, with_logits)
@@ -146,9 +150,19 @@ class RemoteSession(SecureSession):
         super().rollback(length)
         self._command(ROLLBACK, int(length))
 
+    def keep_path(self, start: int, path) -> None:
+        super().keep_path(start, path)
+        self._command(KEEP_PATH, int(start), *[int(c) for c in path])
+
     def verify(self, logits, drafts, thresholds, q_rows, temperature: float, privacy: str):
         self._command(VERIFY, len(drafts), _float_bits(temperature), PRIVACY_CODES.index(privacy))
         return super().verify(logits, drafts, thresholds, q_rows, temperature, privacy)
+
+    def verify_tree(self, logits, n_nodes: int, tokens, thresholds, q_try, parents, temperature: float,
+                    privacy: str):
+        self._command(TREE_VERIFY, int(n_nodes), _float_bits(temperature), PRIVACY_CODES.index(privacy),
+                      *[int(p) for p in parents])
+        return super().verify_tree(logits, n_nodes, tokens, thresholds, q_try, parents, temperature, privacy)
 
     def next_token(self, logits, temperature: float, op: str = "next_token") -> int:
         self._command(NEXT_TOKEN, _float_bits(temperature))
@@ -210,6 +224,7 @@ class ModelServer:
 
 def _run_commands(sess: SecureSession, link, V: int, max_len: int) -> dict:
     logits = None
+    path = None  # the accepted path the last tree walk opened (the server keeps its own copy)
     passes = 0
     while True:
         # The previous program may still be running asynchronously, its host callbacks
@@ -237,6 +252,20 @@ def _run_commands(sess: SecureSession, link, V: int, max_len: int) -> dict:
                         PRIVACY_CODES[args[2]])
         elif op == NEXT_TOKEN and len(args) == 1 and logits is not None:
             sess.next_token(logits, _bits_float(args[0]))
+        elif op == TREE_FORWARD and 2 <= len(args) <= max_len and 1 <= args[0] < len(args):
+            try:
+                logits = sess.forward(np.zeros(len(args), np.int32), tree=(tuple(args[1:]), args[0]))
+            except ValueError as err:  # a malformed shape (a parent after its child)
+                raise TransportError(f"the client's tree is malformed: {err}") from None
+            passes += 1
+        elif op == TREE_VERIFY and len(args) >= 4 and logits is not None and len(args) - 3 == logits.shape[1] - 1 \
+                and 1 <= args[0] <= len(args) - 3 and 0 <= args[2] < len(PRIVACY_CODES):
+            M = logits.shape[1]
+            path, _ = sess.verify_tree(logits, args[0], np.zeros(M, np.int32), np.zeros(M), np.zeros((M, V)),
+                                       tuple(args[3:]), _bits_float(args[1]), PRIVACY_CODES[args[2]])
+        elif op == KEEP_PATH and len(args) >= 1 and path is not None and args[1:] == path:
+            sess.keep_path(args[0], path)
+            path = None
         else:
             raise TransportError(f"unknown or malformed command {cmd[:4]}")
 

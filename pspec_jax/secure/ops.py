@@ -231,3 +231,15 @@ class SecureOps:
                              op="pv/trunc")  # (B, K, G·T, D)
         out = out.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
         return {"k": k, "v": v}, out
+
+    def gather_cache_rows(self, layer_cache, index):
+        """Row r of the layer cache replaced by row index[r] (public (S,) int32; a token
+        tree's accepted path, `KVCache.keep_path`): local on each party's share, and each
+        row's mask and opened value F = Y − B move together, so the moved row is still
+        masked by the one mask it was opened under."""
+
+        def gather(c: L.MaskedShared) -> L.MaskedShared:
+            return L.MaskedShared(c.mask.map(lambda v: jnp.take(v, index, axis=2)),
+                                  jnp.take(c.opened, index, axis=1), jnp.take(c.rows, index, axis=1), c.perm)
+
+        return {n: gather(c) for n, c in layer_cache.items()}

@@ -53,6 +53,14 @@ def _verify_program(ctx, logits, drafts, thresholds, q_rows, *, temperature: flo
     return speculative_verify(ctx, logits, drafts, thresholds, q_rows, temperature, privacy, op="rejection")
 
 
+def _tree_verify_program(ctx, logits, n_nodes, tokens, thresholds, q_try, *, parents: tuple[int, ...],
+                         temperature: float, privacy: str):
+    from mpc.protocols.rejection import tree_verify
+
+    return tree_verify(ctx, logits, n_nodes, tokens, thresholds, q_try, parents=parents, temperature=temperature,
+                       privacy=privacy, op="rejection")
+
+
 def _next_token_program(ctx, logits, *, temperature: float):
     from mpc.protocols import sampling as S
 
@@ -63,6 +71,7 @@ def _next_token_program(ctx, logits, *, temperature: float):
 
 
 verify_program = mpc.secure_jit(_verify_program)
+tree_verify_program = mpc.secure_jit(_tree_verify_program)
 next_token_program = mpc.secure_jit(_next_token_program)
 
 
@@ -96,8 +105,8 @@ class SecureSession:
         def embed(ctx, params, token_ids, positions):
             return arch.embed_tokens(config, params, token_ids, positions, ops)
 
-        def block(ctx, layer_params, x, layer_cache, start, rope):
-            return arch.block(config, layer_params, x, layer_cache, start, rope, ops)
+        def block(ctx, layer_params, x, layer_cache, start, rope, mask):
+            return arch.block(config, layer_params, x, layer_cache, start, rope, ops, mask)
 
         def head(ctx, params, x):
             x = arch.apply_norm(config, params["final_norm"], x, ops)
@@ -136,10 +145,14 @@ class SecureSession:
     def ledger(self) -> mpc.Ledger:
         return self.ctx.ledger
 
-    def forward(self, token_ids, logits_last_only: bool = False, with_logits: bool = True) -> Shared | None:
+    def forward(self, token_ids, logits_last_only: bool = False, with_logits: bool = True,
+                tree=None) -> Shared | None:
         """Secure pass over T new tokens (the client's ids, (T,) or (1, T)) appended to the
         cache. Returns shared logits (1, T, V), or (1, 1, V) for the last token only, or
-        None without the head (`with_logits=False`: a prefill that only fills the cache)."""
+        None without the head (`with_logits=False`: a prefill that only fills the cache).
+        `tree`: (parents, n_nodes), public — a token tree's pass over its T slots
+        (`arch.tree_layout`): slot t at position length + its depth, attending to the cache
+        and its ancestors only (`arch.tree_mask`); the rows stay until `keep_path`."""
         ids = jnp.asarray(token_ids, jnp.int32).reshape(1, -1)
         T = ids.shape[1]
         start = self.length
@@ -147,11 +160,20 @@ class SecureSession:
             raise ValueError(f"secure pass would exceed the cache: {start} + {T} > {self.max_len}")
         t0 = time.perf_counter()
         # Trailing padding changes no real row (attention is causal); its cache rows lie
-        # past the new length, where the next pass overwrites them.
-        W = pass_width(T, self.max_len - start) if self.pad_widths else T
+        # past the new length, where the next pass overwrites them. A tree pass keeps its
+        # width (its sizes are already bucketed by the caller).
+        W = pass_width(T, self.max_len - start) if self.pad_widths and tree is None else T
         if W > T:
             ids = jnp.pad(ids, ((0, 0), (0, W - T)))
         positions = start + jnp.arange(W, dtype=jnp.int32)
+        mask = None
+        if tree is not None:
+            parents, n_nodes = tree
+            if len(parents) != T - 1 or not 0 <= n_nodes < T:
+                raise ValueError(f"a tree pass over {T} slots needs {T - 1} parents and at most {T - 1} nodes")
+            depths, ancestors = arch.tree_layout(tuple(parents), int(n_nodes))
+            positions = start + jnp.asarray(depths, jnp.int32)
+            mask = arch.tree_mask(jnp.int32(start), jnp.asarray(ancestors, bool), self.max_len)
         rope = (arch.rope_tables(positions, self.config.head_dim, self.config.rope_theta)
                 if self.config.family == "llama" else None)
         embed_params = {k: v for k, v in self.params.items() if k in ("embed", "pos_embed")}
@@ -160,7 +182,8 @@ class SecureSession:
         start_arr = jnp.asarray(start, jnp.int32)
         for i in range(self.config.n_layers):
             with self.ledger.scope(f"layer{i}"):
-                lc, x = self._block(self.ctx, self.params["layers"][i], x, self.cache.layers[i], start_arr, rope)
+                lc, x = self._block(self.ctx, self.params["layers"][i], x, self.cache.layers[i], start_arr, rope,
+                                    mask)
             layers.append(lc)
         logits = None
         if with_logits:
@@ -188,7 +211,7 @@ class SecureSession:
             embed_params = {k: v for k, v in self.params.items() if k in ("embed", "pos_embed")}
             x = self._embed.precompile(self.ctx, embed_params, ids, positions, executor=executor)
             _, x = self._block.precompile(self.ctx, self.params["layers"][0], x, self.cache.layers[0],
-                                          jnp.asarray(0, jnp.int32), rope, executor=executor)
+                                          jnp.asarray(0, jnp.int32), rope, None, executor=executor)
             if with_logits:
                 head_params = {k: v for k, v in self.params.items() if k in ("embed", "final_norm", "lm_head")}
                 self._head.precompile(self.ctx, head_params, x, executor=executor)
@@ -197,6 +220,30 @@ class SecureSession:
         if not 0 <= length <= self.length:
             raise ValueError(f"rollback to {length} outside [0, {self.length}]")
         self.cache = self.cache.rollback(length)
+
+    def keep_path(self, start: int, path) -> None:
+        """After a tree pass from cache row start − 1 (the root): keep the accepted path's
+        rows (tree slots `path`, in order) at rows start, start + 1, … and set the length
+        to start + len(path) (`KVCache.keep_path`; local, public indices)."""
+        path = [int(i) for i in path]
+        if not 1 <= start <= self.length or start + len(path) > self.length:
+            raise ValueError(f"keep_path: {len(path)} rows from {start} outside the cache's {self.length}")
+        src = np.asarray([start - 1 + i for i in path] or [start], np.int32)
+        self.cache = self.cache.keep_path(start, jnp.asarray(src), len(path), ops=self.ops)
+
+    def verify_tree(self, logits: Shared, n_nodes: int, tokens, thresholds, q_try, parents: tuple[int, ...],
+                    temperature: float, privacy: str):
+        """POST's private walk over the last (tree) pass's logits (1, M, V)
+        (`mpc.protocols.rejection.tree_verify`): (the accepted path, as tree slots in
+        order, known to both; the next token or — privacy "paper" — p at the path's last
+        node, opened to the client). The client's inputs (tokens, thresholds, laws) are
+        zeros of their shapes at the server; `parents` and `n_nodes` are public."""
+        with self.ledger.scope("verify"):
+            on_path, out = tree_verify_program(
+                self.ctx, logits[0], jnp.asarray(n_nodes, jnp.int32), jnp.asarray(tokens, jnp.int32),
+                jnp.asarray(thresholds), jnp.asarray(q_try), parents=tuple(int(p) for p in parents),
+                temperature=float(temperature), privacy=privacy)
+        return [i + 1 for i in np.flatnonzero(np.asarray(on_path))], out
 
     def verify(self, logits: Shared, drafts, thresholds, q_rows, temperature: float, privacy: str):
         """POST's private rejection of the drafts over the last pass's logits (1, γ+1, V):
