@@ -103,6 +103,7 @@ def default_table(args) -> None:
     rows += [(f"static N={n}", dict(n_nodes=n)) for n in (8, 16, 32)]
     rows += [("static N=16 adaptive", dict(n_nodes=16, adaptive=True)),
              ("dynamic N=16", dict(n_nodes=16, static=False))]
+    rows = [(name, kw) for name, kw in rows if args.only in name]
     print("| drafts | T = 1 | T = 0 |")
     print("|---|---|---|")
     for name, kw in rows:
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=256, help="tiny pair: vmapped runs")
     ap.add_argument("--steps", type=int, default=12, help="tiny pair: steps per run")
     ap.add_argument("--new-tokens", type=int, default=32, help="default pair: tokens per prompt")
+    ap.add_argument("--only", default="", help="default pair: only the rows whose name contains this")
     args = ap.parse_args()
     (default_table if args.pair == "default" else tiny_table)(args)
 

@@ -36,3 +36,15 @@ def test_demo_greedy_post_on_smollm2_equals_greedy_plain(capsys, smollm2):
     # side: 13.9% of the wan time over 8 tokens (2026-11-30); a pass is ~3,000 rounds, the
     # greedy verification a few dozen: a share past a fifth would mean a regression.
     assert float(re.search(r"wan (\d+\.\d)%", out).group(1)) < 20.0
+
+
+def test_demo_greedy_tree_post_on_smollm2_equals_greedy_plain(capsys, smollm2):
+    """Token-tree POST through three processes on the default pair (make demo's job with
+    --tree): greedy emits the private model's plain greedy tokens, token for token, in
+    fewer secure passes than tokens."""
+    rc = main(["demo", "--max-new-tokens", "8", "--tree", "8"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "plain greedy decoding of the private model in the clear gives the same tokens" in out
+    steps = int(re.search(r"8 tokens from (\d+) secure verification passes", out).group(1))
+    assert steps < 8

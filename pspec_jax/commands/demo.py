@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="post", choices=("post", "spec"),
                         help="post: private speculative decoding under 2PC (default); "
                              "spec: the same pair in the clear")
-    parser.add_argument("--gamma", type=int, default=4, help="drafts per step (default 4)")
+    parser.add_argument("--gamma", type=int, default=None, help="drafts per step, a chain (default 4)")
+    parser.add_argument("--tree", type=int, default=None, metavar="N",
+                        help="draft a token tree of N nodes per step (the public shape for N) instead")
     parser.add_argument("--max-new-tokens", type=int, default=24, dest="max_new_tokens")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 = greedy (default): the output must equal plain greedy decoding")
@@ -45,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
     gen = argparse.ArgumentParser()
     G.add_arguments(gen)
-    argv = [args.prompt, "--mode", args.mode, "--gamma", str(args.gamma),
+    if args.tree is not None and args.gamma is not None:
+        from pspec_jax.errors import UserError
+
+        raise UserError("give either --gamma (a chain of drafts) or --tree N (a token tree), not both")
+    drafts = ["--tree", str(args.tree)] if args.tree is not None else ["--gamma", str(args.gamma or 4)]
+    argv = [args.prompt, "--mode", args.mode, *drafts,
             "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature)]
     if args.mode == "post" or args.network is not None:  # spec refuses --network
         argv += ["--network", args.network or "wan"]
@@ -65,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
                                                          "--emulate", args.emulate, "--timeout", "900"]))
     drafter = req.drafter()
     print(f"private model {req.private.name} ({req.private.config.n_layers} layers), drafter "
-          f"{drafter.name} ({drafter.config.n_layers} layers), γ={args.gamma}, temperature {args.temperature}", flush=True)
+          f"{drafter.name} ({drafter.config.n_layers} layers), "
+          f"{f'tree of {args.tree} nodes' if args.tree is not None else f'γ={args.gamma or 4}'}, "
+          f"temperature {args.temperature}", flush=True)
     if args.mode == "post":
         print(f"{len(res.tokens)} tokens from {res.steps} secure verification passes (+1 prefill); "
               f"standard secure decoding needs one pass per token", flush=True)
