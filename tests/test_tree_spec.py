@@ -369,35 +369,3 @@ def test_cli_tree_bad_options_one_line_errors(capsys, argv, msg):
     rc, out, err = run_cli(capsys, "generate", "hi", *argv, "--private", "/nonexistent/model")
     assert_one_line_error(rc, err)
     assert msg in err, err
-
-
-@pytest.mark.slow  # two minutes of secure compilation on 2 cores
-def test_secure_attention_takes_the_tree_mask():
-    """The secure backend runs the same tree pass: SecureOps.attention with the tree mask
-    (embedding at positions by depth, blocks, head) gives the plain tree pass's logits."""
-    import mpc
-    from pspec_jax.models import arch
-    from pspec_jax.secure import SecureSession
-
-    b = tiny_model("llama", seed=3)
-    sess = SecureSession(b.config, b.params, max_len=16, seed=b"tree-tests")
-    prefix = [5, 9, 11]
-    sess.forward(jnp.asarray(prefix, jnp.int32), with_logits=False)
-    anc, depth = _tree_arrays(PARENT)
-    ids = jnp.asarray(TOKENS, jnp.int32)[None]
-    base = len(prefix)
-    positions = base + depth
-    mask = tree_mask(base, anc, 16)
-    ops = sess.ops
-    block = mpc.secure_jit(lambda ctx, lp, x, lc, start, rope, mask:
-                           arch.block(b.config, lp, x, lc, start, rope, ops, mask))
-    params = sess.params
-    x = sess._embed(sess.ctx, {k: params[k] for k in ("embed",)}, ids, positions)
-    rope = arch.rope_tables(positions, b.config.head_dim, b.config.rope_theta)
-    for i in range(b.config.n_layers):
-        _, x = block(sess.ctx, params["layers"][i], x, sess.cache.layers[i], jnp.int32(base), rope, mask)
-    got = sess.reveal_logits(sess._head(sess.ctx, {k: v for k, v in params.items()
-                                                   if k in ("embed", "final_norm", "lm_head")}, x))
-    cache = prefill(b.config, b.params, prefix, 16)
-    ref, _ = fwd(b.config, b.params, ids, cache, positions=positions, mask=mask)
-    assert np.abs(np.asarray(got) - np.asarray(ref)).max() < 0.02

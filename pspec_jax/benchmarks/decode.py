@@ -223,7 +223,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(9.0, 4.0))
     groups = sorted({(r["drafter"], r["kind"], r["shape"]) for r in result["rows"]})
     for (drafter, kind, shape), style in zip(groups, ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1)))):
         rs = sorted((r for r in result["rows"] if (r["drafter"], r["kind"], r["shape"]) == (drafter, kind, shape)),
@@ -237,7 +237,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("speed-up over standard secure decoding")
     ax.set_title("POST vs standard secure decoding (SmolLM2-135M)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the points
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
