@@ -207,7 +207,10 @@ def test_secure_forward_and_post_verification_party_local(family):
         np.testing.assert_array_equal(np.asarray(res_c), np.asarray(res))  # token or row: the client's only
 
 
-@pytest.mark.slow  # ~5 min on 2 cores: every tree program compiled by three contexts
+# Heavy (by hand, `make test-heavy`): ~5 min on 2 cores, every tree program compiled by
+# three contexts; in CI, tests/test_runtime.py's slow tree test runs the same programs
+# party-local through three processes (greedy = plain, seeded paper = the simulation).
+@pytest.mark.heavy
 def test_token_tree_pass_walk_and_keep_path_party_local():
     """A tree pass (mask and positions from the public shape), the private walk over a
     branching tree in the three modes, keep_path and the next pass, each party holding

@@ -101,7 +101,7 @@ def test_tree_post_output_law_is_exact_and_negative_control_fails(pair_and_sessi
     accepting every draft (thresholds 0) must fail the same test."""
     private, drafter, session = pair_and_session
     law = exact_law(private, LAW_PROMPT, Sampling(1.0), LAW_V)
-    samples = _sample_tree_post(private, drafter, session, privacy, 400, seed=1, adaptive=adaptive)
+    samples = _sample_tree_post(private, drafter, session, privacy, 300, seed=1, adaptive=adaptive)
     pval, tv, thr = law_test(samples, law, LAW_V)
     assert pval > 1e-3 and tv < thr, (pval, tv, thr)
     if control:

@@ -361,7 +361,7 @@ def test_cli_tree_json_matches_the_library(capsys, tiny_folder):
     (["--tree", "-2"], "must be an integer >= 1"),
     (["--mode", "plain", "--tree", "4"], "--tree does not apply to --mode plain"),
     (["--mode", "secure", "--tree", "4"], "--tree does not apply to --mode secure"),
-    (["--mode", "post", "--tree", "4"], "not supported yet"),
+    (["--mode", "post", "--tree", "4", "--gamma", "3"], "not both"),
     (["--adaptive"], "--adaptive needs --tree"),
     (["--tree", "4", "--gamma", "3"], "not both"),
 ])
