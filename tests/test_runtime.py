@@ -127,6 +127,17 @@ def test_three_processes_greedy_secure_and_post_equal_plain(parties):
         assert PROMPT not in log and "theme" not in log
 
 
+def simulated_and_real(model, sport, dport, args) -> tuple[dict, dict]:
+    """The --json results of `pspec generate *args` simulated in one process and run as
+    the client of the three-process session."""
+    sim = subprocess.run(PSPEC + ["generate", PROMPT, "--private", str(model), "--json", *args],
+                         capture_output=True, text=True, timeout=600, env=_env())
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    real = client(model, sport, dport, *args)
+    assert real.returncode == 0, real.stderr[-3000:]
+    return json.loads(sim.stdout), json.loads(real.stdout)
+
+
 def rss_bytes(pid: int) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -179,12 +190,7 @@ def test_three_processes_seeded_sampling_equals_simulation(parties, tiny_folder)
     public = tiny_folder("public", seed=4, vocab_size=264)  # another model: drafts get rejected
     args = ["--mode", "post", "--privacy", "paper", "--temperature", "1", "--seed", "11", "--gamma", "3",
             "--max-new-tokens", "8", "--ignore-eos", "--public", str(public)]
-    sim = subprocess.run(PSPEC + ["generate", PROMPT, "--private", str(model), "--json", *args],
-                         capture_output=True, text=True, timeout=600, env=_env())
-    assert sim.returncode == 0, sim.stderr[-3000:]
-    real = client(model, sport, dport, *args)
-    assert real.returncode == 0, real.stderr[-3000:]
-    sim, real = json.loads(sim.stdout), json.loads(real.stdout)
+    sim, real = simulated_and_real(model, sport, dport, args)
     assert real["tokens"] == sim["tokens"] and real["accepted_per_step"] == sim["accepted_per_step"]
     assert 0 < sum(sim["accepted_per_step"]) < 3 * len(sim["accepted_per_step"])  # rejections happened
 
@@ -201,12 +207,7 @@ def test_three_processes_tree_post(parties, tiny_folder):
     public = tiny_folder("public", seed=4, vocab_size=264)
     args = ["--mode", "post", "--privacy", "paper", "--temperature", "1", "--seed", "11", "--tree", "6",
             "--adaptive", "--max-new-tokens", "8", "--ignore-eos", "--public", str(public)]
-    sim = subprocess.run(PSPEC + ["generate", PROMPT, "--private", str(model), "--json", *args],
-                         capture_output=True, text=True, timeout=600, env=_env())
-    assert sim.returncode == 0, sim.stderr[-3000:]
-    real = client(model, sport, dport, *args)
-    assert real.returncode == 0, real.stderr[-3000:]
-    sim, real = json.loads(sim.stdout), json.loads(real.stdout)
+    sim, real = simulated_and_real(model, sport, dport, args)
     assert real["tokens"] == sim["tokens"] and real["accepted_per_step"] == sim["accepted_per_step"]
     assert PROMPT not in server.text()
 

@@ -90,6 +90,17 @@ def first_rejection(ctx: Context, accept: XorShared, to=CLIENT, op: str = "first
     return ctx.channel.open(op + "/open", n, to=to)
 
 
+def open_row(ctx: Context, e: Shared, z: Shared, op: str) -> jnp.ndarray:
+    """p = e / z (one row of weights e (V,) at exp_frac, their sum z (1,)) opened to the
+    client: privacy "paper"'s interface. Cost: reciprocal (12 rounds), product and
+    truncation (2), open (8·V bytes from the server, 1 round)."""
+    f = ctx.config.nonlinear.exp_frac
+    r = reciprocal(ctx, z, lo=1.0, hi=1.04 * e.shape[-1], op=f"{op}/reciprocal")
+    p = L.mul(ctx, e, r, op=f"{op}/normalise")
+    p = L.truncate(ctx, p, p.frac - f, op=f"{op}/normalise/trunc")
+    return ctx.reveal(p, to=CLIENT, op=f"{op}/open_row")
+
+
 def speculative_verify(ctx: Context, logits: Shared, drafts, thresholds, q_rows,
                        temperature: float = 1.0, privacy: str = "strict", op: str = "verify"):
     """POST's private rejection of γ drafts and the next token (steps 1–4 above).
@@ -138,10 +149,7 @@ def speculative_verify(ctx: Context, logits: Shared, drafts, thresholds, q_rows,
     n_idx = jnp.asarray(n, jnp.int32)
     e_n, z_n = e[n_idx], Z[n_idx].reshape(1)
     if privacy == "paper":
-        r = reciprocal(ctx, z_n, lo=1.0, hi=1.04 * V, op=f"{op}/reciprocal")
-        p = L.mul(ctx, e_n, r, op=f"{op}/normalise")
-        p = L.truncate(ctx, p, p.frac - nl.exp_frac, op=f"{op}/normalise/trunc")
-        return n, ctx.reveal(p, to=CLIENT, op=f"{op}/open_row")
+        return n, open_row(ctx, e_n, z_n, op)
     q_n = ctx.share(jnp.asarray(q_rows, jnp.float64)[n_idx], owner=CLIENT, frac=nl.exp_frac)
     qz = L.mul(ctx, q_n, z_n, op=f"{op}/qZ")  # scale 2·exp_frac
     e_up = e_n.mul_public(np.uint64(1 << nl.exp_frac), frac=2 * nl.exp_frac)
@@ -315,13 +323,9 @@ def tree_verify(ctx: Context, logits: Shared, n_nodes, tokens, thresholds, q_try
     last = jnp.max(jnp.where(on_path == 1, jnp.arange(1, M), 0))  # the path's last node (0: the root)
     if temperature == 0.0:
         return on_path, ctx.channel.open(f"{op}/open_token", best[last], to=CLIENT).astype(jnp.int64)
-    nl = ctx.config.nonlinear
     e_v, z_v = e[last], Z[last].reshape(1)
     if privacy == "paper":
-        r = reciprocal(ctx, z_v, lo=1.0, hi=1.04 * V, op=f"{op}/reciprocal")
-        p = L.mul(ctx, e_v, r, op=f"{op}/normalise")
-        p = L.truncate(ctx, p, p.frac - nl.exp_frac, op=f"{op}/normalise/trunc")
-        return on_path, ctx.reveal(p, to=CLIENT, op=f"{op}/open_row")
+        return on_path, open_row(ctx, e_v, z_v, op)
     # The residual after the last node's last drafted child (public: the path is open).
     kids = jnp.asarray((parent[1:] == np.arange(M)[:, None]), jnp.int32)  # (M, M−1) public
     last_child = jnp.max(jnp.where((kids[last] == 1) & (valid == 1), jnp.arange(1, M), 0))
