@@ -267,6 +267,99 @@ def _trunc_assemble(req, p, w, corr):
     return tuple(_split(w, [s] * 3)) if p == CLIENT else (w.reshape(s), *corr)
 
 
+def _trunc_products_layout(req):
+    """(stack shape, element shape, n, partner stack indices, product pairs, selected
+    stack indices) of a `trunc_products` request; args = (bits, P, i_1..i_P, Q, a_1, b_1,
+    ..., a_Q, b_Q, B, s_1..s_B)."""
+    stack = req.shapes[0]
+    elem = tuple(stack[1:])
+    at = 1
+    n_partners = req.args[at]
+    partners = tuple(req.args[at + 1:at + 1 + n_partners])
+    at += 1 + n_partners
+    n_pairs = req.args[at]
+    flat = req.args[at + 1:at + 1 + 2 * n_pairs]
+    at += 1 + 2 * n_pairs
+    selects = tuple(req.args[at + 1:at + 1 + req.args[at]])
+    return stack, elem, _n(elem), partners, tuple(zip(flat[0::2], flat[1::2])), selects
+
+
+def _pair_pieces(i, j) -> int:
+    """Dealer pieces of the product of stack entries i and j: h_i·h_j, h_i·m_j, m_i·h_j,
+    m_i·m_j — or h_i², h_i·m_i for a square (m_i² = m_i, a bit)."""
+    return 2 if i == j else 4
+
+
+def _trunc_products_words(req):
+    stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+    s, p, q = _n(stack), len(partners), len(selects)
+    pieces = sum(_pair_pieces(i, j) for i, j in pairs)
+    return 3 * s + 3 * p * n + pieces * n + 4 * q * n, s + p * n + q * n
+
+
+def _trunc_products_correct(req, w0, w1, extra):
+    """Truncation pairs (r >> f, msb(r)) of the stack, the partners' products
+    [h_i·b_k], [m_i·b_k] with their Beaver masks b_k, each pair's pieces, and per
+    selection a random bit t (XOR and arithmetic shares) with [t·h_i], [t·m_i]: 8 bytes
+    per piece per element to the server (2 per stack element, 2 per partner, 2 per
+    square, 4 per other pair, 3 per selection)."""
+    stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+    bits = np.uint64(req.args[0])
+    p, q = len(partners), len(selects)
+    n_pieces = sum(_pair_pieces(i, j) for i, j in pairs)
+    r0, hi0, m0 = _split(w0[:3 * _n(stack)], [stack] * 3)
+    rest0 = w0[3 * _n(stack):]
+    r1, b1, t1 = _split(w1, [stack, (p, *elem), (q, *elem)])
+    b0, hb0, mb0 = _split(rest0[:3 * p * n], [(p, *elem)] * 3)
+    pieces0 = rest0[3 * p * n:(3 * p + n_pieces) * n]
+    t0, ts0, th0, tm0 = _split(rest0[(3 * p + n_pieces) * n:], [(q, *elem)] * 4)
+    r = r0 + r1
+    hi, m = r >> bits, msb(r)
+    out = [hi - hi0, m - m0]
+    if p:
+        b = b0 + b1
+        idx = np.asarray(partners)
+        out += [hi[idx] * b - hb0, m[idx] * b - mb0]
+    at = 0
+    for i, j in pairs:
+        want = [hi[i] * hi[j], hi[i] * m[j]] + ([] if i == j else [m[i] * hi[j], m[i] * m[j]])
+        for v in want:
+            out.append(v - pieces0[at:at + n].reshape(elem))
+            at += n
+    if q:
+        t = (t0 ^ t1) & _ONE
+        idx = np.asarray(selects)
+        out += [t - ts0, t * hi[idx] - th0, t * m[idx] - tm0]
+    return out
+
+
+def _trunc_products_assemble(req, p_, w, corr):
+    """(r, r >> f, msb(r)) of the stack, the partners' (b, h·b, m·b) stacked (P, ...) or
+    None, a tuple per pair of its pieces, and the selections' (t as a XOR bit, [t],
+    [t·h], [t·m]) stacked (B, ...) or None."""
+    stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+    p, q = len(partners), len(selects)
+    counts = [_pair_pieces(i, j) for i, j in pairs]
+    if p_ == CLIENT:
+        r, hi, m = _split(w[:3 * _n(stack)], [stack] * 3)
+        rest = w[3 * _n(stack):]
+        b, hb, mb = _split(rest[:3 * p * n], [(p, *elem)] * 3)
+        flat = _split(rest[3 * p * n:(3 * p + sum(counts)) * n], [elem] * sum(counts))
+        t, ts, th, tm = _split(rest[(3 * p + sum(counts)) * n:], [(q, *elem)] * 4)
+    else:
+        r, b, t = _split(w, [stack, (p, *elem), (q, *elem)])
+        hi, m, *corr = corr
+        hb, mb = (corr[0], corr[1]) if p else (None, None)
+        corr = corr[2 if p else 0:]
+        flat = corr[:sum(counts)]
+        ts, th, tm = corr[sum(counts):] if q else (None, None, None)
+    pieces, at = [], 0
+    for c in counts:
+        pieces.append(tuple(flat[at:at + c]))
+        at += c
+    return r, hi, m, (b, hb, mb) if p else None, pieces, (t & _ONE, ts, th, tm) if q else None
+
+
 def _random_words(req):
     n = _n(req.shapes[0])
     return n, n
@@ -371,6 +464,7 @@ KINDS: dict[str, Kind] = {
     "bit_pair": Kind(_bit_words, _bit_assemble, _bit_correct),
     "bit_select": Kind(_bit_select_words, _bit_select_assemble, _bit_select_correct),
     "dcf_msb": Kind(_dcf_msb_words, _dcf_msb_assemble, _dcf_msb_correct, to=(CLIENT, SERVER)),
+    "trunc_products": Kind(_trunc_products_words, _trunc_products_assemble, _trunc_products_correct),
 }
 KIND_NAMES = tuple(KINDS)
 
@@ -541,6 +635,35 @@ class Dealer:
         outs, _ = self.material(Request("trunc_pair", (tuple(shape),), (frac_bits,)))
         return self._shared(outs, 0), self._shared(outs, 1), self._shared(outs, 2)
 
+    def trunc_products(self, stack_shape, frac_bits: int, partners: Sequence[int] = (),
+                       pairs: Sequence[tuple[int, int]] = (), selects: Sequence[int] = ()):
+        """Material for truncating a stack (S, ...) by f bits fused with products of the
+        results (`mpc.protocols.linear.truncate_products`): per entry (r, h = r >> f,
+        m = msb(r)); per partner k (a product of entry partners[k] with a value opened
+        against a fresh mask b_k) [b_k], [h·b_k], [m·b_k]; per pair (i, j) [h_i·h_j],
+        [h_i·m_j], [m_i·h_j], [m_i·m_j] ([h_i²], [h_i·m_i] for a square); per selection of
+        entry selects[k] by a shared bit, a random bit t_k (XOR and arithmetic shares),
+        [t_k·h], [t_k·m]. Corrections: 8·n bytes per piece for n elements per entry:
+        2·S·n + 2·P·n + Σ_pairs (2 or 4)·n + 3·B·n.
+        Returns ((r, h, m) stacked, (b, h·b, m·b) stacked over partners or None, a tuple
+        of pieces per pair, (t XOR, [t], [t·h], [t·m]) stacked over selections or None)."""
+        pairs = tuple((int(i), int(j)) for i, j in pairs)
+        args = (frac_bits, len(partners), *map(int, partners), len(pairs), *(v for ij in pairs for v in ij),
+                len(selects), *map(int, selects))
+        outs, _ = self.material(Request("trunc_products", (tuple(stack_shape),), args))
+        first = outs[self.parties[0]]
+
+        def shared(get):
+            return local(self.parties, lambda p: get(outs[p]))
+
+        trunc = tuple(shared(lambda o, i=i: o[i]) for i in range(3))
+        partner = None if not partners else tuple(shared(lambda o, i=i: o[3][i]) for i in range(3))
+        pieces = [tuple(shared(lambda o, k=k, c=c: o[4][k][c]) for c in range(len(first[4][k])))
+                  for k in range(len(pairs))]
+        sel = None if not selects else (local_xor(self.parties, lambda p: outs[p][5][0]),
+                                        *(shared(lambda o, i=i: o[5][i]) for i in range(1, 4)))
+        return trunc, partner, pieces, sel
+
     def random_shared(self, shape) -> tuple[Shared, jax.Array]:
         """A uniform ring element, shared; neither party learns it. No bytes.
         Returns (the sharing, its request number: names the mask to the dealer)."""
@@ -655,6 +778,10 @@ def _correction_shapes(req: Request) -> list[tuple[int, ...]]:
         return [(req.shapes[0][0],)]
     if req.kind in ("trunc_pair", "bit_select"):
         return [req.shapes[0]] * 2
+    if req.kind == "trunc_products":
+        stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+        return ([stack] * 2 + [(len(partners), *elem)] * (2 if partners else 0)
+                + [elem] * sum(_pair_pieces(i, j) for i, j in pairs) + [(len(selects), *elem)] * (3 if selects else 0))
     if req.kind == "dcf_msb":
         bits, out_bits = req.args
         return [(_n(req.shapes[0]), dcf.correction_words(bits - 1, out_bits))]

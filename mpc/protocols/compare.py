@@ -111,12 +111,23 @@ def select_bit(ctx: Context, b: XorShared, x: Shared, op: str = "select") -> Sha
         b·x = c·d + c·[a] + (1 − 2c)·(d·[r] + [r·a]).
     Cost: 8·n + ⌈n/8⌉ bytes per party, 1 round. Exact.
     """
+    payload, finish = select_bit_begin(ctx, b, x)
+    return finish(ctx.channel.open(op, payload, bits=1))
+
+
+def select_bit_begin(ctx: Context, b: XorShared, x: Shared):
+    """`select_bit` as (payload to open at 1 bit, finish(opened) -> b·x): to ride in
+    another protocol's round (`linear.truncate_products`'s riders)."""
     r_xor, r, a, ra = ctx.dealer.bit_select_quad(x.shape)
-    c, d = ctx.channel.open(op, [b ^ r_xor, x - a.with_frac(x.frac)], bits=1)
-    c = c & _ONE
-    one_minus_2c = _ONE - (c << _ONE)
-    z = a.mul_public(c) + (r.mul_public(d) + ra).mul_public(one_minus_2c)
-    return z.add_public(c * d).with_frac(x.frac)
+
+    def finish(opened) -> Shared:
+        c, d = opened
+        c = c & _ONE
+        one_minus_2c = _ONE - (c << _ONE)
+        z = a.mul_public(c) + (r.mul_public(d) + ra).mul_public(one_minus_2c)
+        return z.add_public(c * d).with_frac(x.frac)
+
+    return [b ^ r_xor, x - a.with_frac(x.frac)], finish
 
 
 def not_bit(b: XorShared) -> XorShared:

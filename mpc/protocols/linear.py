@@ -10,6 +10,7 @@ test checks these formulas exactly.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -332,3 +333,95 @@ def truncate(ctx: Context, x: Shared, bits: int, op: str = "trunc") -> Shared:
     y = r_msb.mul_public(not_msb_c << np.uint64(64 - bits)) - r_hi
     y = y.add_public((c >> np.uint64(bits)) - np.uint64(1 << (62 - bits)))
     return y.with_frac(x.frac - bits)
+
+
+class Fused(NamedTuple):
+    """What `truncate_products` returns: the truncated stack and, each in the order asked,
+    the partner products, the pair products, the selections and the riders' results."""
+
+    y: Shared
+    partners: list
+    pairs: list
+    selects: list
+    riders: list
+
+
+def truncate_products(ctx: Context, z: Shared, bits: int, partners=(), pairs=(), selects=(), riders=(),
+                      op: str = "trunc") -> Fused:
+    """Truncate a stack z (S, ...) by 2^bits and, in the same round, multiply the results:
+    y_i·w for each partner (i, w) (w shared, of the element shape), y_i·y_j for each pair
+    (i, j), and s·y_i for each selection (i, s) (s a XOR-shared bit in bit 0) — products
+    that would otherwise cost a round after the truncation. `riders`: independent steps
+    (payload list, finish(opened list)) of other one-round protocols whose openings travel
+    in the same message (e.g. `compare.select_bit_begin`; boolean payloads at 1 bit).
+
+    Why one round suffices: `truncate` opens c = z + 2^62 + r, after which
+        y_i = P_i − R_i,   P_i = ⌊c_i/2^f⌋ − 2^(62−f) public,
+                           R_i = h_i − β_i·m_i, h = r >> f, m = msb(r), β_i = (1 − msb(c_i))·2^(64−f)
+    so y_i is in *masked form*: its mask R_i is a public combination of values the dealer
+    made. A product then needs no opening of y_i (R_i plays the Beaver mask):
+        y_i·w   = P_i·e + P_i·[b] − e·[R_i] − [R_i·b],   e = w − b opened with c,
+        y_i·y_j = P_i·P_j − P_i·[R_j] − P_j·[R_i] + [R_i·R_j],
+        s·y_i   = d·P_i − d·[R_i] + (1 − 2d)·(P_i·[t] − [t·R_i]),   d = s ⊕ t opened with c,
+    where [R_i·b] = [h_i·b] − β_i·[m_i·b], [t·R_i] = [t·h_i] − β_i·[t·m_i], and [R_i·R_j]
+    expands into the dealer's pieces [h_i·h_j], [h_i·m_j], [m_i·h_j], [m_i·m_j] (for a
+    square [h_i²], [h_i·m_i]; m² = m).
+
+    Returns `Fused`: y (S, ...) at scale z.frac − bits, [y_i·w] untruncated at
+    y.frac + w.frac, [y_i·y_j] untruncated at 2·y.frac, [s·y_i] at y.frac, riders' results.
+    Cost: 1 round; per party 8·(S + P)·n + ⌈B·n/8⌉ bytes (plus the riders') for n elements per entry, P
+    partners and B selections; dealer (to the server): 8·n·(2·S + 2·P + Σ_pairs (2 for a
+    square, 4 otherwise) + 3·B) bytes.
+    Error: y as `truncate` (⌊z/2^f⌋ or one more, |z| < 2^62 ring units); the products are
+    exact in the ring given y.
+    """
+    if not 0 < bits < 62:
+        raise ValueError(f"truncate_products: bits must be in (0, 62), got {bits}")
+    partners, pairs, selects = list(partners), [(int(i), int(j)) for i, j in pairs], list(selects)
+    elem = tuple(z.shape[1:])
+    for what, v in [("partner", w) for _, w in partners] + [("selection bit", b) for _, b in selects]:
+        if tuple(v.shape) != elem:
+            raise ValueError(f"truncate_products: a {what} has shape {v.shape}, entries {elem}")
+    (r, hi, m), masks, pieces, sel = ctx.dealer.trunc_products(
+        z.shape, bits, [i for i, _ in partners], pairs, [i for i, _ in selects])
+    payload = [z.add_public(np.uint64(1 << 62)) + r.with_frac(z.frac)]
+    payload += [w - masks[0][k].with_frac(w.frac) for k, (_, w) in enumerate(partners)]
+    payload += [b ^ sel[0][k] for k, (_, b) in enumerate(selects)]
+    own = len(payload)
+    for more, _ in riders:
+        payload += list(more)
+    opened = ctx.channel.open(op, payload, bits=1)
+    c, es, ds = opened[0], opened[1:1 + len(partners)], opened[1 + len(partners):own]
+    ridden, at = [], own
+    for more, finish in riders:
+        ridden.append(finish(opened[at:at + len(more)]))
+        at += len(more)
+    beta = (np.uint64(1) - msb(c)) << np.uint64(64 - bits)  # public, per element
+    p_pub = (c >> np.uint64(bits)) - np.uint64(1 << (62 - bits))
+    mask = hi - m.mul_public(beta)  # R
+    f = z.frac - bits
+    y = (-mask).add_public(p_pub).with_frac(f)
+    with_partners = []
+    for k, (i, w) in enumerate(partners):
+        b, hb, mb = masks[0][k], masks[1][k], masks[2][k]
+        rb = hb - mb.mul_public(beta[i])
+        out = b.mul_public(p_pub[i]) - mask[i].mul_public(es[k]) - rb
+        with_partners.append(out.add_public(p_pub[i] * es[k]).with_frac(f + w.frac))
+    products = []
+    for (i, j), pc in zip(pairs, pieces):
+        if i == j:
+            hh, hm = pc
+            rr = hh - hm.mul_public(beta[i] * np.uint64(2)) + m[i].mul_public(beta[i] * beta[i])
+        else:
+            hh, hm, mh, mm = pc
+            rr = hh - hm.mul_public(beta[j]) - mh.mul_public(beta[i]) + mm.mul_public(beta[i] * beta[j])
+        out = rr - mask[j].mul_public(p_pub[i]) - mask[i].mul_public(p_pub[j])
+        products.append(out.add_public(p_pub[i] * p_pub[j]).with_frac(2 * f))
+    selected = []
+    for k, (i, _) in enumerate(selects):
+        d = ds[k] & np.uint64(1)
+        one_minus_2d = np.uint64(1) - (d << np.uint64(1))
+        tr = sel[2][k] - sel[3][k].mul_public(beta[i])
+        out = (sel[1][k].mul_public(p_pub[i]) - tr).mul_public(one_minus_2d) - mask[i].mul_public(d)
+        selected.append(out.add_public(d * p_pub[i]).with_frac(f))
+    return Fused(y, with_partners, products, selected, ridden)

@@ -129,47 +129,65 @@ def _public_linear(x: Shared, a: np.ndarray) -> Shared:
 
 
 # --- polynomials ------------------------------------------------------------------------------
-def poly(ctx: Context, x: Shared, polys, out_frac: int, op: str = "poly") -> list[Shared]:
-    """Evaluate polynomials p_k(x) = Σ_i c_ki·x^i sharing the powers of x.
+def poly_untruncated(ctx: Context, x: Shared, polys, x_trunc: int = 0, op: str = "poly") -> Shared:
+    """Polynomials p_k(x) = Σ_i c_ki·x^i sharing the powers of x, stacked (K, ...) and left
+    untruncated at a scale g (about 61 bits less the values' magnitude): the caller
+    truncates them, alone (`poly`) or fused with what it does next
+    (`linear.truncate_products`).
 
     Args:
-      x: the variable, at scale W = x.frac (keep |x| ≲ 1 where results matter; elements
-        where it is large produce garbage, which callers discard by selection).
+      x: the variable at scale W = x.frac − x_trunc (keep |x| ≲ 1 where results matter;
+        elements where it is large produce garbage, which callers discard by selection).
       polys: sequence of (coefficients, radius): powers 0..d, and a bound on |x| on the
         domain where that polynomial's value is used (sizes the coefficient precision).
-      out_frac: scale of the results.
+      x_trunc: x arrives untruncated by this many bits; its truncation shares the round of
+        the first square (d ≥ 2).
 
-    Steps: powers x^2..x^m (m the largest power of two below d) by a ladder of batched
-    products, each level truncated back to W (2 rounds per level; level 1 is a square);
-    the powers above m are products x^m·x^(i−m) left untruncated (scale 2W, 1 round);
-    each p_k is then a local combination at scale 2W + C with coefficients at C bits, and
-    one batched truncation (1 round) brings all of them to `out_frac`.
-    Cost: 2·⌈log2 d⌉ rounds (d ≥ 2); bytes per element: 16 per square-level (8 square +
-    8 trunc), 24 per other truncated product, 16 per top product, 8 per polynomial.
+    Steps: x² by a square (untruncated, scale 2W; fused with x's own truncation when
+    x_trunc > 0); then one round per doubling level: the powers of the last level
+    (x^(m/2+1)..x^m, scale 2W) are truncated back to W and, in the same round,
+    multiplied into the next level's powers x^(m+1)..x^min(2m, d) = x^m·x^(i−m) (a lower
+    power already truncated is a partner, one being truncated a pair), which stay
+    untruncated; each p_k is then a local combination at scale g = 2W + C with
+    coefficients at C bits.
+    Cost: ⌈log2 d⌉ rounds (d ≥ 2); bytes per element: 8 for the square (for x's
+    truncation when fused), then per level 8 per power truncated + 8 per partner product.
     """
-    w = x.frac
+    w = x.frac - x_trunc
     deg = max(len(c) for c, _ in polys) - 1
-    pw: dict[int, Shared] = {1: x}
-    top: dict[int, Shared] = {}
-    m = 1
-    while 2 * m < deg:
-        idx = list(range(m + 1, 2 * m + 1))
-        if idx == [2]:
-            prod = L.square(ctx, x, op=f"{op}/square")[None]
+    if x_trunc and deg < 2:
+        raise ValueError("poly: a pending truncation of x needs a square to ride on (degree ≥ 2)")
+    pw: dict[int, Shared] = {1: x}  # powers at scale w
+    top: dict[int, Shared] = {}  # the highest level's powers, untruncated (scale 2w)
+    if deg >= 2:
+        if x_trunc:
+            fused = L.truncate_products(ctx, x[None], x_trunc, pairs=[(0, 0)], op=f"{op}/trunc")
+            pw[1], sq = fused.y[0], fused.pairs[0]
         else:
-            prod = L.mul(ctx, stack([pw[m]] * len(idx)), stack([pw[i - m] for i in idx]), op=f"{op}/mul")
-        prod = L.truncate(ctx, prod, w, op=f"{op}/trunc")
-        for k, i in enumerate(idx):
-            pw[i] = prod[k]
-        m *= 2
-    if deg > m:
-        idx = list(range(m + 1, deg + 1))
-        if idx == [2]:
-            prod = L.square(ctx, x, op=f"{op}/square")[None]
-        else:
-            prod = L.mul(ctx, stack([pw[m]] * len(idx)), stack([pw[i - m] for i in idx]), op=f"{op}/mul")
-        for k, i in enumerate(idx):
-            top[i] = prod[k]
+            sq = L.square(ctx, x, op=f"{op}/square")
+        pending = {2: sq}  # scale 2w, truncated with the next level
+        m = 2
+        while pending:
+            idx = sorted(pending)
+            at = {i: k for k, i in enumerate(idx)}
+            partners, pairs, made = [], [], []
+            for i in range(m + 1, min(2 * m, deg) + 1):
+                lo = i - m
+                if lo in at:
+                    pairs.append((at[m], at[lo]))
+                    made.append(("pair", len(pairs) - 1, i))
+                else:
+                    partners.append((at[m], pw[lo]))
+                    made.append(("partner", len(partners) - 1, i))
+            fused = L.truncate_products(ctx, stack([pending[i] for i in idx]), w, partners, pairs,
+                                        op=f"{op}/trunc")
+            for k, i in enumerate(idx):
+                pw[i] = fused.y[k]
+            products = {i: (fused.pairs if kind == "pair" else fused.partners)[k] for kind, k, i in made}
+            if 2 * m >= deg:
+                top, pending = products, {}
+            else:
+                pending, m = products, 2 * m
     f_top = 2 * w if top else w
     bound = max(sum(abs(c) * r**i for i, c in enumerate(cs)) for cs, r in polys) + 1.0
     cbits = min(30, 61 - f_top - math.ceil(math.log2(bound)))
@@ -185,52 +203,66 @@ def poly(ctx: Context, x: Shared, polys, out_frac: int, op: str = "poly") -> lis
             p = top[i] if i in top else pw[i]
             acc = acc + p.mul_public(ring_const(c, g - p.frac), frac=g)
         outs.append(acc)
-    res = L.truncate(ctx, stack(outs), g - out_frac, op=f"{op}/trunc")
+    return stack(outs)
+
+
+def poly(ctx: Context, x: Shared, polys, out_frac: int, x_trunc: int = 0, op: str = "poly") -> list[Shared]:
+    """`poly_untruncated`, then one batched truncation to `out_frac`.
+    Cost: ⌈log2 d⌉ + 1 rounds (d ≥ 2); 8 bytes per polynomial and element more."""
+    res = poly_untruncated(ctx, x, polys, x_trunc, op=op)
+    res = L.truncate(ctx, res, res.frac - out_frac, op=f"{op}/trunc")
     return [res[k] for k in range(len(polys))]
 
 
 def poly_rounds(deg: int) -> int:
-    return 2 * math.ceil(math.log2(deg)) if deg >= 2 else 1
+    return math.ceil(math.log2(deg)) + 1 if deg >= 2 else 1
 
 
 # --- exp ----------------------------------------------------------------------------------------
-def exp(ctx: Context, x: Shared, out_frac: int | None = None, op: str = "exp") -> Shared:
+def exp(ctx: Context, x: Shared, out_frac: int | None = None, x_trunc: int = 0, op: str = "exp") -> Shared:
     """e^x for x ≤ 2^−5 (softmax inputs after subtracting the row max).
 
     1. b = [x < −clip] by one coarse comparison (`exp_compare`; fuzzy by 2 above −clip).
-    2. q = p(x/2^s + 1/2) ≈ e^(x/2^squarings) (degree-8 `poly`; x/2^s is a free rescale).
-    3. q ← (1 − b)·q (one select round): clipped inputs give exactly 0.
-    4. squarings: q ← q² truncated (2 rounds each); the last one lands at `out_frac`.
+    2. q = p(x/2^s + 1/2) ≈ e^(x/2^squarings) (degree-8 `poly_untruncated`; x/2^s is a
+       free rescale).
+    3. squarings q ← q², each fused with the truncation before it
+       (`linear.truncate_products`, one round each).
+    4. e = (1 − b)·q, fused with the last truncation (to `out_frac`): clipped inputs give
+       exactly 0 (the selection commutes with the squarings).
+    `x_trunc`: x arrives at a scale this many bits above its working scale (an
+    untruncated product, e.g. attention scores): its truncation rides on the polynomial's
+    first square, and the comparison reads the coarse view of x as it is.
     Error (defaults): ≤ 2e-5 absolute on [−16, 2^−5] at scale 2^−20 (≤ 2 ulp at f = 16),
-    0 below −16, < 1e-6 dropped in
-    [−16, −14]. Works at scale `exp_frac` (20) internally.
-    Cost: msb(9 bits) 4 + poly 6 + select 1 + 2·squarings 4 = 15 rounds.
+    0 below −16, < 1e-6 dropped in [−16, −14]. Works at scale `exp_frac` (20) internally.
+    Cost: msb(9 bits) + poly 3 + squarings 2 + 1 = 10 rounds (7 with DCF comparisons).
     """
     nl = ctx.config.nonlinear
-    out_frac = x.frac if out_frac is None else out_frac
+    out_frac = x.frac - x_trunc if out_frac is None else out_frac
     clipped = coarse_lt(ctx, x, -nl.exp_clip, nl.exp_compare, op=f"{op}/clip")
     s = nl.exp_scale_log2
     t = x.with_frac(x.frac + s)
     t = t.add_public(ring_const(0.5, t.frac))
-    (q,) = poly(ctx, t, [(nl.exp_coeffs, 0.51)], nl.exp_frac, op=f"{op}/poly")
-    q = C.select_bit(ctx, C.not_bit(clipped), q, op=f"{op}/select")
-    for k in range(nl.exp_squarings):
-        target = out_frac if k == nl.exp_squarings - 1 else nl.exp_frac
-        q = L.truncate(ctx, L.square(ctx, q, op=f"{op}/square"), 2 * nl.exp_frac - target, op=f"{op}/trunc")
-    return q
+    q = poly_untruncated(ctx, t, [(nl.exp_coeffs, 0.51)], x_trunc, op=f"{op}/poly")  # (1, ...)
+    bits = q.frac - nl.exp_frac
+    for _ in range(nl.exp_squarings):  # truncate q and square it in one round
+        q = L.truncate_products(ctx, q, bits, pairs=[(0, 0)], op=f"{op}/square").pairs[0][None]
+        bits = nl.exp_frac
+    # q ← (1 − b)·q: clipped inputs give exactly 0 (selecting after the squarings is the same)
+    return L.truncate_products(ctx, q, q.frac - out_frac, selects=[(0, C.not_bit(clipped))],
+                               op=f"{op}/select").selects[0]
 
 
 # --- reciprocal and rsqrt --------------------------------------------------------------------
 def _normalise(ctx: Context, x: Shared, lo: float, hi: float, op: str):
     """x = u·2^e with u ∈ [1, 2 + 2^(1−tol)) for x ∈ [2^⌊log2 lo⌋, 2^⌈log2 hi⌉).
 
-    Returns (one-hot XOR bits over e (E, ...), u at scale poly_frac, e values).
+    Returns (one-hot XOR bits over e (E, ...), u, the bits by which u's scale exceeds
+    poly_frac (its truncation is left to the caller, to ride on the next round), e values).
     1. b_j = [x < 2^j] for every j strictly inside the exponent range, one coarse batch
        (relative fuzz 2^−tol at the smallest threshold).
     2. one-hot o_e = b_(e+1) ⊕ b_e (local; b is monotone in j on the coarse view).
     3. u = Σ_e o_e·x·2^(jhi − 1 − e) at scale frac + jhi − 1 (exact shifts; one select).
-    4. truncate u to poly_frac (1 round).
-    Cost: msb(bits) + 2 rounds.
+    Cost: msb(bits) + 1 rounds.
     """
     nl = ctx.config.nonlinear
     q = x.frac
@@ -257,23 +289,29 @@ def _normalise(ctx: Context, x: Shared, lo: float, hi: float, op: str):
     else:
         onehot = None
         u = x.with_frac(q + jhi - 1)  # one exponent: u = x / 2^jlo
-    if u.frac > nl.poly_frac:
-        u = L.truncate(ctx, u, u.frac - nl.poly_frac, op=f"{op}/trunc")
-    elif u.frac < nl.poly_frac:
+    if u.frac < nl.poly_frac:
         u = u.mul_public(_pow2(nl.poly_frac - u.frac), frac=nl.poly_frac)
-    return onehot, u, es
+    return onehot, u, u.frac - nl.poly_frac, es
 
 
-def _power_correction(ctx: Context, onehot, ys: list[Shared], es, shift_of, op: str) -> Shared:
-    """r = Σ_e o_e · y_(e mod len(ys)) · 2^(−shift_of(e)), exactly, at scale
-    y.frac + max(shift_of): one select round."""
+def _power_correction(ctx: Context, onehot, ys: Shared, es, shift_of, out_frac: int, op: str) -> Shared:
+    """r = Σ_e o_e · y_(e mod K) · 2^(−shift_of(e)) at scale out_frac + max(shift_of),
+    from the K polynomials ys (K, ...) still untruncated: their truncation to `out_frac`
+    and the selection share one round (`linear.truncate_products`); the shifts are exact."""
     sh = np.array([shift_of(e) for e in es])
-    f_out = ys[0].frac + max(0, int(sh.max()))
-    cands = stack([ys[int(e) % len(ys)].mul_public(_pow2(f_out - ys[0].frac - s), frac=f_out)
-                   for e, s in zip(es, sh)])
+    f_out = out_frac + max(0, int(sh.max()))
+    k = ys.shape[0]
+    bits = ys.frac - out_frac
     if onehot is None:
-        return cands[0]
-    return select_many(ctx, onehot, cands, op=op)
+        y = L.truncate(ctx, ys, bits, op=op)
+        return y[int(es[0]) % k].mul_public(_pow2(f_out - out_frac - sh[0]), frac=f_out)
+    selects = [(int(e) % k, onehot[i]) for i, e in enumerate(es)]
+    picked = L.truncate_products(ctx, ys, bits, selects=selects, op=op).selects
+    out = None
+    for p, s in zip(picked, sh):
+        term = p.mul_public(_pow2(f_out - out_frac - s), frac=f_out)
+        out = term if out is None else out + term
+    return out
 
 
 def reciprocal(ctx: Context, x: Shared, lo: float, hi: float, op: str = "reciprocal") -> Shared:
@@ -281,17 +319,18 @@ def reciprocal(ctx: Context, x: Shared, lo: float, hi: float, op: str = "recipro
     polynomial instead of Goldschmidt iterations).
 
     x = u·2^e (`_normalise`), 1/u by a degree-4 polynomial in u − 3/2 (relative error
-    4.6e-4), then 1/x = (1/u)·2^−e exactly. The result has a *higher* scale,
-    poly_frac + ⌈log2 hi⌉ − 1 fractional bits, to keep relative precision for large x:
-    multiply with `mul` and truncate by its frac.
-    Cost: msb(bits) + 1 + 1 + 4 + 1 rounds (12 at softmax's [1, 76]); bits =
-    ⌈log2 hi⌉ − ⌊log2 lo⌋ + norm_tol_bits + 1.
+    4.6e-4; u's truncation rides on the polynomial's first square), then
+    1/x = (1/u)·2^−e exactly (the selection rides on the polynomial's truncation). The
+    result has a *higher* scale, poly_frac + ⌈log2 hi⌉ − 1 fractional bits, to keep
+    relative precision for large x: multiply with `mul` and truncate by its frac.
+    Cost: msb(bits) + 1 + 2 + 1 rounds (8 at softmax's [1, 76] with Kogge–Stone
+    comparisons, 5 with DCF); bits = ⌈log2 hi⌉ − ⌊log2 lo⌋ + norm_tol_bits + 1.
     """
     nl = ctx.config.nonlinear
-    onehot, u, es = _normalise(ctx, x, lo, hi, op)
+    onehot, u, u_trunc, es = _normalise(ctx, x, lo, hi, op)
     t = u.add_public(ring_const(-1.5, u.frac))
-    (y,) = poly(ctx, t, [(nl.recip_coeffs, 0.63)], nl.poly_frac, op=f"{op}/poly")
-    return _power_correction(ctx, onehot, [y], es, lambda e: e, op=f"{op}/scale")
+    ys = poly_untruncated(ctx, t, [(nl.recip_coeffs, 0.63)], u_trunc, op=f"{op}/poly")
+    return _power_correction(ctx, onehot, ys, es, lambda e: e, nl.poly_frac, op=f"{op}/scale")
 
 
 def rsqrt(ctx: Context, x: Shared, lo: float, hi: float, mult: float = 1.0, op: str = "rsqrt") -> Shared:
@@ -299,18 +338,19 @@ def rsqrt(ctx: Context, x: Shared, lo: float, hi: float, mult: float = 1.0, op: 
 
     x = u·2^e (`_normalise`); two polynomials in u − 3/2 give mult·u^(−1/2) and
     mult·u^(−1/2)/√2 (shared powers, relative error 1.1e-4); the odd/even part of e picks
-    one and 2^(−⌊e/2⌋) is an exact shift (one select). Output scale poly_frac +
-    max(0, ⌊(⌈log2 hi⌉ − 1)/2⌋).
-    Cost: msb(bits) + 1 + 1 + 4 + 1 rounds (13 for LayerNorm's n·[1e-4, 1e4] at n ≤ 1024).
+    one and 2^(−⌊e/2⌋) is an exact shift (one selection, riding on the polynomials'
+    truncation). Output scale poly_frac + max(0, ⌊(⌈log2 hi⌉ − 1)/2⌋).
+    Cost: msb(bits) + 1 + 2 + 1 rounds (9 for LayerNorm's n·[1e-4, 1e4] at n ≤ 1024 with
+    Kogge–Stone comparisons, 5 with DCF).
     """
     nl = ctx.config.nonlinear
-    onehot, u, es = _normalise(ctx, x, lo, hi, op)
+    onehot, u, u_trunc, es = _normalise(ctx, x, lo, hi, op)
     t = u.add_public(ring_const(-1.5, u.frac))
     c = np.asarray(nl.rsqrt_coeffs) * mult
     radius = 0.63
-    y_even, y_odd = poly(ctx, t, [(tuple(c), radius), (tuple(c / math.sqrt(2.0)), radius)], nl.poly_frac,
-                         op=f"{op}/poly")
-    return _power_correction(ctx, onehot, [y_even, y_odd], es, lambda e: e // 2, op=f"{op}/scale")
+    ys = poly_untruncated(ctx, t, [(tuple(c), radius), (tuple(c / math.sqrt(2.0)), radius)], u_trunc,
+                          op=f"{op}/poly")
+    return _power_correction(ctx, onehot, ys, es, lambda e: e // 2, nl.poly_frac, op=f"{op}/scale")
 
 
 # --- max ---------------------------------------------------------------------------------------------
@@ -398,11 +438,13 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
     1. One coarse batch of comparisons at 0, ±breaks, ±2^clip_log2 (`act_compare`).
     2. s = x/2^clip_log2 (free rescale); for each |x|-segment k, the positive-side and
        negative-side polynomials in s (H_k(s) and parity·H_k(−s), plus the linear part
-       folded into the coefficients) — all from shared powers (`poly`, degree 4).
+       folded into the coefficients) — all from shared powers (`poly_untruncated`,
+       degree 4, left untruncated).
     3. Region bits are XORs of neighbouring comparison bits (local); the result is
-       Σ_region bit·value in one select round (tails: x or a constant).
-    Cost: msb(16) 5 + poly 4 + select 1 = 10 rounds; bytes per element:
-    (2K+3)·msb + poly + (2K+3)·(8 + 1/8) for K breakpoints.
+       Σ_region bit·value, the selections riding on the polynomials' truncation
+       (`linear.truncate_products`; the tails, x or a constant, as riders): one round.
+    Cost: msb(16) 5 + poly 2 + 1 = 8 rounds (4 with DCF comparisons); bytes per element:
+    (2K+3)·msb + poly + 8·2(K+1) + ⌈(2K+2)/8⌉ + (8 + 1/8) per tail, for K breakpoints.
     """
     nl = ctx.config.nonlinear
     f = x.frac
@@ -422,16 +464,13 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
             p[1] += spec.lin_a * big
         r = edges[k + 1] / big + 0.02
         polys += [(tuple(pos), r), (tuple(neg), r)]
-    ys = poly(ctx, s, polys, f, op=f"{op}/poly")
+    ys = poly_untruncated(ctx, s, polys, op=f"{op}/poly")  # (2K, ...) untruncated
     nseg = len(spec.segments)
-    values, sel = [], []
+    selects, riders = [], []
     # regions between thresholds r and r+1: negative segments (outermost first), then positive
     for r in range(len(thr) - 1):
-        if r < nseg:
-            values.append(ys[2 * (nseg - 1 - r) + 1])
-        else:
-            values.append(ys[2 * (r - nseg)])
-        sel.append(_bit(bits, r + 1) ^ _bit(bits, r))
+        index = 2 * (nseg - 1 - r) + 1 if r < nseg else 2 * (r - nseg)
+        selects.append((index, _bit(bits, r + 1) ^ _bit(bits, r)))
     for a, c, bit in ((spec.right_a, spec.right_c, C.not_bit(_bit(bits, len(thr) - 1))),
                       (spec.left_a, spec.left_c, _bit(bits, 0))):
         if a == 0.0 and c == 0.0:
@@ -439,10 +478,13 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
         if a not in (0.0, 1.0):
             raise ValueError(f"piecewise: tail slope must be 0 or 1, got {a}")
         v = x if a == 1.0 else Shared.public(jnp.zeros(x.shape, DTYPE), f, x.parties)
-        values.append(v.add_public(ring_const(c, f)) if c else v)
-        sel.append(bit)
-    sel = stack_xor(sel)
-    return select_many(ctx, sel, stack(values), op=f"{op}/select")
+        riders.append(C.select_bit_begin(ctx, bit, v.add_public(ring_const(c, f)) if c else v))
+    # the polynomials' truncation, the region selections and the tails' selections: one round
+    fused = L.truncate_products(ctx, ys, ys.frac - f, selects=selects, riders=riders, op=f"{op}/select")
+    out = fused.selects[0]
+    for v in fused.selects[1:] + fused.riders:
+        out = out + v
+    return out
 
 
 def gelu(ctx: Context, x: Shared, op: str = "gelu") -> Shared:

@@ -29,11 +29,15 @@ from mpc.ring import DTYPE
 from mpc.shares import Shared, where_public
 
 
-def softmax(ctx: Context, x: Shared, mask=None, temperature: float = 1.0, op: str = "softmax") -> Shared:
+def softmax(ctx: Context, x: Shared, mask=None, temperature: float = 1.0, x_trunc: int = 0,
+            op: str = "softmax") -> Shared:
     """softmax(x / temperature) over the last axis; `mask` (public bool, broadcast against
-    x; True = keep) removes entries multiplicatively. Output at x's scale."""
+    x; True = keep) removes entries multiplicatively. `x_trunc`: x arrives untruncated by
+    this many bits (e.g. attention scores straight from QKᵀ): the max and exp's comparison
+    read it as it is, and its truncation rides on exp's first square (one round less).
+    Output at x's scale less x_trunc."""
     nl = ctx.config.nonlinear
-    f = x.frac
+    f = x.frac - x_trunc
     n = x.shape[-1]
     if temperature <= 0:
         raise ValueError(f"softmax: temperature must be > 0, got {temperature}")
@@ -46,7 +50,7 @@ def softmax(ctx: Context, x: Shared, mask=None, temperature: float = 1.0, op: st
         x_first = x.mul_public(pick).sum(axis=-1, keepdims=True)
         x = where_public(mask, x, x_first.broadcast_to(x.shape))
     m, _ = tree_max(ctx, x, nl.softmax_max_compare, nl.max_group, op=f"{op}/max")
-    e = exp(ctx, x - m[..., None], out_frac=nl.exp_frac, op=f"{op}/exp")
+    e = exp(ctx, x - m[..., None], out_frac=nl.exp_frac, x_trunc=x_trunc, op=f"{op}/exp")
     if mask is not None:
         e = where_public(mask, e, Shared.public(jnp.zeros(e.shape, DTYPE), e.frac, e.parties))
     total = e.sum(axis=-1, keepdims=True)

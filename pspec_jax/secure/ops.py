@@ -193,8 +193,8 @@ class SecureOps:
         """Causal attention over the shared cache (see `Ops.attention`); a public (T, S)
         `mask` (a token tree's) replaces the causal one at no cost in rounds or bytes.
 
-        Rounds: mask the new rows (1), QKᵀ (1), scale + truncate (1), softmax, PV (1),
-        truncate (1). Scores for all S cache rows are computed (static shapes); rows beyond
+        Rounds: mask the new rows (1), QKᵀ (1), softmax (whose first exp round also
+        truncates the scores), PV (1), truncate (1). Scores for all S cache rows are computed (static shapes); rows beyond
         a query's position are removed by the softmax's public causal mask.
         """
         ctx = self.ctx
@@ -217,16 +217,17 @@ class SecureOps:
             # queries grouped by kv head: (B, K, G·T, D); keys as (B, K, D, S); values (B, K, S, D)
             qg = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
             raw = L.matmul_masked(ctx, qg, k.transpose(0, 2, 3, 1), op="qk")  # scale 2f
-            # 1/sqrt(D) folded into the truncation: one round for both
+            # 1/sqrt(D) as a public product; the scores stay untruncated (scale 3f): the
+            # softmax's comparisons read them so and their truncation rides on exp's first square
             c = ctx.config.fixed.encode(1.0 / math.sqrt(D))
-            scores = L.truncate(ctx, raw.mul_public(c, frac=raw.frac + self.frac), 2 * self.frac, op="qk/trunc")
+            scores = raw.mul_public(c, frac=raw.frac + self.frac)
             rows = jnp.arange(S, dtype=jnp.int32)
             if mask is None:
                 qpos = start + jnp.tile(jnp.arange(T, dtype=jnp.int32), G)  # (G·T,)
                 mask = rows[None, :] <= qpos[:, None]  # (G·T, S), public
             else:
                 mask = jnp.tile(mask, (G, 1))  # row g·T + t is query t's mask, (G·T, S)
-            probs = softmax(ctx, scores, mask=mask)
+            probs = softmax(ctx, scores, mask=mask, x_trunc=scores.frac - self.frac)
             out = L.truncate(ctx, L.matmul_masked(ctx, probs, v.transpose(0, 2, 1, 3), op="pv"), self.frac,
                              op="pv/trunc")  # (B, K, G·T, D)
         out = out.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
