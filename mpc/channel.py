@@ -42,6 +42,18 @@ def _low(bits: int) -> np.uint64:
     return np.uint64(2**64 - 1) if bits >= 64 else np.uint64((1 << bits) - 1)
 
 
+class Rider:
+    """One round of a protocol whose opening travels in another protocol's message
+    (`Channel.open(..., riders=)`): its payload (sharings, or (sharing, width) items,
+    opened to both) and how it finishes from the opened values; `result` after landing."""
+
+    def __init__(self, payload: list, finish) -> None:
+        self.payload, self._finish, self.result = list(payload), finish, None
+
+    def land(self, opened) -> None:
+        self.result = self._finish(opened)
+
+
 class SimChannel:
     """Both parties in one process; counts what a real link would carry.
 
@@ -71,24 +83,42 @@ class SimChannel:
         else:
             raise ValueError(f"open: `to` must be 'both', 0 or 1, got {to!r}")
 
-    def open(self, op: str, xs, to=BOTH, bits: int = 64, ring_bits: int = 64):
+    def open(self, op: str, xs, to=BOTH, bits: int = 64, ring_bits: int = 64, riders=()):
         """Reveal sharings in one round: arithmetic (`Shared`) modulo 2^ring_bits (each
         party sends its share's low `ring_bits` bits; ⌈elements·ring_bits/8⌉ B per sender,
         8 B/element at the default 64) and boolean (`XorShared`, the low `bits` bits of
         each word; ⌈elements·bits/8⌉ B per sender) alike; to both parties, or to party `to`
         only (then only the other party sends). Opened values are reduced to their width.
-        A party that receives nothing gets zeros of the same shape (never use them).
+        An item given as (sharing, width) is opened at that width instead. `riders`:
+        other protocols' one-round steps (`Rider`) whose openings travel in the same
+        message (to both); each gets its opened values and keeps its result. A party that
+        receives nothing gets zeros of the same shape (never use them).
         """
         for width in (bits, ring_bits):
             if not 1 <= width <= 64:
                 raise ValueError(f"open: widths must be in [1, 64], got bits={bits}, ring_bits={ring_bits}")
         single = isinstance(xs, (Shared, XorShared))
         xs = [xs] if single else list(xs)
+        own = len(xs)
+        if riders and to != BOTH:
+            raise ValueError("open: riders travel only in openings to both parties")
+        for rider in riders:
+            xs += rider.payload
+        # an item may name its own width: (sharing, width) — e.g. a DCF's x̂ riding along
+        items = [x if isinstance(x, tuple) else (x, ring_bits if isinstance(x, Shared) else bits) for x in xs]
+        for _, width in items:
+            if not 1 <= width <= 64:
+                raise ValueError(f"open: widths must be in [1, 64], got {width}")
+        xs = [x for x, _ in items]
         self._guard(xs)
-        nbytes = sum(_nbytes([x], ring_bits if isinstance(x, Shared) else bits) for x in xs)
+        nbytes = sum(_nbytes([x], width) for x, width in items)
         self._record_open(op, nbytes, to)
-        out = self._combine([(x, isinstance(x, Shared), _low(ring_bits if isinstance(x, Shared) else bits))
-                             for x in xs], to)
+        out = self._combine([(x, isinstance(x, Shared), _low(width)) for x, width in items], to)
+        at = own
+        for rider in riders:
+            rider.land(out[at:at + len(rider.payload)])
+            at += len(rider.payload)
+        out = out[:own]
         return out[0] if single else out
 
     def _combine(self, items, to) -> list[jax.Array]:

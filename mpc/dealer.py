@@ -269,10 +269,12 @@ def _trunc_assemble(req, p, w, corr):
 
 def _trunc_products_layout(req):
     """(stack shape, element shape, n, partner stack indices, product pairs, selected
-    stack indices) of a `trunc_products` request; args = (bits, P, i_1..i_P, Q, a_1, b_1,
-    ..., a_Q, b_Q, B, s_1..s_B)."""
+    stack indices, the partners' shape) of a `trunc_products` request; shapes = (stack,
+    partners' shape); args = (bits, P, i_1..i_P, Q, a_1, b_1, ..., a_Q, b_Q, B, s_1..s_B).
+    The partners' shape is one the element shape broadcasts to (products take it)."""
     stack = req.shapes[0]
     elem = tuple(stack[1:])
+    pshape = tuple(req.shapes[1]) if len(req.shapes) > 1 else elem
     at = 1
     n_partners = req.args[at]
     partners = tuple(req.args[at + 1:at + 1 + n_partners])
@@ -281,7 +283,7 @@ def _trunc_products_layout(req):
     flat = req.args[at + 1:at + 1 + 2 * n_pairs]
     at += 1 + 2 * n_pairs
     selects = tuple(req.args[at + 1:at + 1 + req.args[at]])
-    return stack, elem, _n(elem), partners, tuple(zip(flat[0::2], flat[1::2])), selects
+    return stack, elem, _n(elem), partners, tuple(zip(flat[0::2], flat[1::2])), selects, pshape
 
 
 def _pair_pieces(i, j) -> int:
@@ -291,10 +293,11 @@ def _pair_pieces(i, j) -> int:
 
 
 def _trunc_products_words(req):
-    stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+    stack, elem, n, partners, pairs, selects, pshape = _trunc_products_layout(req)
     s, p, q = _n(stack), len(partners), len(selects)
     pieces = sum(_pair_pieces(i, j) for i, j in pairs)
-    return 3 * s + 3 * p * n + pieces * n + 4 * q * n, s + p * n + q * n
+    pn = _n(pshape)
+    return 3 * s + 3 * p * pn + pieces * n + 4 * q * n, s + p * pn + q * n
 
 
 def _trunc_products_correct(req, w0, w1, extra):
@@ -303,16 +306,17 @@ def _trunc_products_correct(req, w0, w1, extra):
     selection a random bit t (XOR and arithmetic shares) with [t·h_i], [t·m_i]: 8 bytes
     per piece per element to the server (2 per stack element, 2 per partner, 2 per
     square, 4 per other pair, 3 per selection)."""
-    stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+    stack, elem, n, partners, pairs, selects, pshape = _trunc_products_layout(req)
     bits = np.uint64(req.args[0])
     p, q = len(partners), len(selects)
     n_pieces = sum(_pair_pieces(i, j) for i, j in pairs)
     r0, hi0, m0 = _split(w0[:3 * _n(stack)], [stack] * 3)
     rest0 = w0[3 * _n(stack):]
-    r1, b1, t1 = _split(w1, [stack, (p, *elem), (q, *elem)])
-    b0, hb0, mb0 = _split(rest0[:3 * p * n], [(p, *elem)] * 3)
-    pieces0 = rest0[3 * p * n:(3 * p + n_pieces) * n]
-    t0, ts0, th0, tm0 = _split(rest0[(3 * p + n_pieces) * n:], [(q, *elem)] * 4)
+    pn = p * _n(pshape)
+    r1, b1, t1 = _split(w1, [stack, (p, *pshape), (q, *elem)])
+    b0, hb0, mb0 = _split(rest0[:3 * pn], [(p, *pshape)] * 3)
+    pieces0 = rest0[3 * pn:3 * pn + n_pieces * n]
+    t0, ts0, th0, tm0 = _split(rest0[3 * pn + n_pieces * n:], [(q, *elem)] * 4)
     r = r0 + r1
     hi, m = r >> bits, msb(r)
     out = [hi - hi0, m - m0]
@@ -337,17 +341,18 @@ def _trunc_products_assemble(req, p_, w, corr):
     """(r, r >> f, msb(r)) of the stack, the partners' (b, h·b, m·b) stacked (P, ...) or
     None, a tuple per pair of its pieces, and the selections' (t as a XOR bit, [t],
     [t·h], [t·m]) stacked (B, ...) or None."""
-    stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
+    stack, elem, n, partners, pairs, selects, pshape = _trunc_products_layout(req)
     p, q = len(partners), len(selects)
     counts = [_pair_pieces(i, j) for i, j in pairs]
+    pn = p * _n(pshape)
     if p_ == CLIENT:
         r, hi, m = _split(w[:3 * _n(stack)], [stack] * 3)
         rest = w[3 * _n(stack):]
-        b, hb, mb = _split(rest[:3 * p * n], [(p, *elem)] * 3)
-        flat = _split(rest[3 * p * n:(3 * p + sum(counts)) * n], [elem] * sum(counts))
-        t, ts, th, tm = _split(rest[(3 * p + sum(counts)) * n:], [(q, *elem)] * 4)
+        b, hb, mb = _split(rest[:3 * pn], [(p, *pshape)] * 3)
+        flat = _split(rest[3 * pn:3 * pn + sum(counts) * n], [elem] * sum(counts))
+        t, ts, th, tm = _split(rest[3 * pn + sum(counts) * n:], [(q, *elem)] * 4)
     else:
-        r, b, t = _split(w, [stack, (p, *elem), (q, *elem)])
+        r, b, t = _split(w, [stack, (p, *pshape), (q, *elem)])
         hi, m, *corr = corr
         hb, mb = (corr[0], corr[1]) if p else (None, None)
         corr = corr[2 if p else 0:]
@@ -636,7 +641,8 @@ class Dealer:
         return self._shared(outs, 0), self._shared(outs, 1), self._shared(outs, 2)
 
     def trunc_products(self, stack_shape, frac_bits: int, partners: Sequence[int] = (),
-                       pairs: Sequence[tuple[int, int]] = (), selects: Sequence[int] = ()):
+                       pairs: Sequence[tuple[int, int]] = (), selects: Sequence[int] = (),
+                       partner_shape=None):
         """Material for truncating a stack (S, ...) by f bits fused with products of the
         results (`mpc.protocols.linear.truncate_products`): per entry (r, h = r >> f,
         m = msb(r)); per partner k (a product of entry partners[k] with a value opened
@@ -644,13 +650,15 @@ class Dealer:
         [h_i·m_j], [m_i·h_j], [m_i·m_j] ([h_i²], [h_i·m_i] for a square); per selection of
         entry selects[k] by a shared bit, a random bit t_k (XOR and arithmetic shares),
         [t_k·h], [t_k·m]. Corrections: 8·n bytes per piece for n elements per entry:
-        2·S·n + 2·P·n + Σ_pairs (2 or 4)·n + 3·B·n.
+        2·S·n + 2·P·n' + Σ_pairs (2 or 4)·n + 3·B·n, n' the elements of `partner_shape`
+        (default: an entry's shape, which must broadcast to it).
         Returns ((r, h, m) stacked, (b, h·b, m·b) stacked over partners or None, a tuple
         of pieces per pair, (t XOR, [t], [t·h], [t·m]) stacked over selections or None)."""
         pairs = tuple((int(i), int(j)) for i, j in pairs)
         args = (frac_bits, len(partners), *map(int, partners), len(pairs), *(v for ij in pairs for v in ij),
                 len(selects), *map(int, selects))
-        outs, _ = self.material(Request("trunc_products", (tuple(stack_shape),), args))
+        shapes = (tuple(stack_shape),) if partner_shape is None else (tuple(stack_shape), tuple(partner_shape))
+        outs, _ = self.material(Request("trunc_products", shapes, args))
         first = outs[self.parties[0]]
 
         def shared(get):
@@ -779,8 +787,8 @@ def _correction_shapes(req: Request) -> list[tuple[int, ...]]:
     if req.kind in ("trunc_pair", "bit_select"):
         return [req.shapes[0]] * 2
     if req.kind == "trunc_products":
-        stack, elem, n, partners, pairs, selects = _trunc_products_layout(req)
-        return ([stack] * 2 + [(len(partners), *elem)] * (2 if partners else 0)
+        stack, elem, n, partners, pairs, selects, pshape = _trunc_products_layout(req)
+        return ([stack] * 2 + [(len(partners), *pshape)] * (2 if partners else 0)
                 + [elem] * sum(_pair_pieces(i, j) for i, j in pairs) + [(len(selects), *elem)] * (3 if selects else 0))
     if req.kind == "dcf_msb":
         bits, out_bits = req.args

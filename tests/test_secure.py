@@ -87,8 +87,8 @@ def _traced_rounds(ctx, fn, *shapes):
 def test_a_block_costs_the_rounds_of_its_protocols(model_and_session):
     """A decoding step's rounds per block = the sum of its protocols' rounds: norms without
     their scales (folded), q/k/v in one linear (2), q and k in one RoPE truncation (1),
-    attention (append 1, QKᵀ 1, softmax with the scores' truncation riding on its first exp
-    round, PV 1 + truncation 1), o (2), the
+    attention (QKᵀ 1 with the new rows' masking riding along, softmax with the scores'
+    truncation riding on its first exp round, PV 1 + truncation 1), o (2), the
     MLP's linears (2 each; gate/up together) and its activation (SiLU × up: + 2)."""
     from mpc.protocols import nonlinear as NL
     from mpc.protocols import norm
@@ -105,7 +105,7 @@ def test_a_block_costs_the_rounds_of_its_protocols(model_and_session):
     d, S, G = c.d_model, sess.max_len, c.n_heads // c.n_kv_heads
     scores = (1, c.n_kv_heads, G, S)
     f = ctx.config.frac_bits
-    attention = 1 + 1 + _traced_rounds(  # the scores reach the softmax untruncated (scale 3f)
+    attention = 1 + _traced_rounds(  # the scores reach the softmax untruncated (scale 3f)
         ctx, lambda ctx, x: softmax(ctx, x.with_frac(3 * f), mask=np.ones(scores[-2:], bool), x_trunc=2 * f),
         scores) + 2
     if c.family == "llama":

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from mpc.channel import Rider
 from mpc.context import Context
 from mpc.protocols.fss import msb_dcf
 from mpc.shares import CLIENT, SERVER, Shared, XorShared, local_xor
@@ -111,13 +112,13 @@ def select_bit(ctx: Context, b: XorShared, x: Shared, op: str = "select") -> Sha
         b·x = c·d + c·[a] + (1 − 2c)·(d·[r] + [r·a]).
     Cost: 8·n + ⌈n/8⌉ bytes per party, 1 round. Exact.
     """
-    payload, finish = select_bit_begin(ctx, b, x)
-    return finish(ctx.channel.open(op, payload, bits=1))
+    rider = select_bit_begin(ctx, b, x)
+    rider.land(ctx.channel.open(op, rider.payload))
+    return rider.result
 
 
-def select_bit_begin(ctx: Context, b: XorShared, x: Shared):
-    """`select_bit` as (payload to open at 1 bit, finish(opened) -> b·x): to ride in
-    another protocol's round (`linear.truncate_products`'s riders)."""
+def select_bit_begin(ctx: Context, b: XorShared, x: Shared) -> Rider:
+    """`select_bit` as a `Rider` (its opening can travel in another protocol's message)."""
     r_xor, r, a, ra = ctx.dealer.bit_select_quad(x.shape)
 
     def finish(opened) -> Shared:
@@ -127,7 +128,7 @@ def select_bit_begin(ctx: Context, b: XorShared, x: Shared):
         z = a.mul_public(c) + (r.mul_public(d) + ra).mul_public(one_minus_2c)
         return z.add_public(c * d).with_frac(x.frac)
 
-    return [b ^ r_xor, x - a.with_frac(x.frac)], finish
+    return Rider([(b ^ r_xor, 1), x - a.with_frac(x.frac)], finish)
 
 
 def not_bit(b: XorShared) -> XorShared:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import math
 
 from mpc import dcf
+from mpc.channel import Rider
 from mpc.context import Context
-from mpc.shares import Shared, XorShared, local_xor
+from mpc.shares import Shared, XorShared, local, local_xor
 
 
 def msb_dcf(ctx: Context, x: Shared, bits: int, op: str = "msb") -> XorShared:
@@ -43,16 +44,32 @@ def msb_dcf(ctx: Context, x: Shared, bits: int, op: str = "msb") -> XorShared:
     docstring). Error: none when |x| < 2^(n−1) ring units (x read as an n-bit value);
     outside that, the sign of x mod 2^n — as the Kogge–Stone `msb` at the same n.
     """
+    rider = msb_dcf_begin(ctx, x, bits)
+    rider.land(ctx.channel.open(op + "/open", rider.payload))
+    return rider.result
+
+
+def msb_dcf_begin(ctx: Context, x: Shared, bits: int, arithmetic: bool = False) -> Rider:
+    """`msb_dcf` as a `Rider`: the opening of x̂ (n bits wide) can travel in another
+    protocol's message. `arithmetic`: keys with outputs in Z_{2^64} (ℓ = 64, a larger
+    key), so that the result is the bit as arithmetic shares (frac 0) and no b2a round
+    follows."""
     if not 2 <= bits <= 64:
         raise ValueError(f"msb_dcf: bits must be in [2, 64], got {bits}")
-    r, keys = ctx.dealer.msb_keys(x.shape, bits)
-    x_hat = ctx.channel.open(f"{op}/open", x.with_frac(0) + r, ring_bits=bits)  # uniform mod 2^n
-    flat = x_hat.reshape(-1)
-    return local_xor(ctx.parties, lambda p: dcf.msb_from_opened(p, keys[p], flat, out_bits=1).reshape(x.shape))
+    out_bits = 64 if arithmetic else 1
+    r, keys = ctx.dealer.msb_keys(x.shape, bits, out_bits=out_bits)
+
+    def finish(opened):
+        flat = opened[0].reshape(-1)
+        bit = lambda p: dcf.msb_from_opened(p, keys[p], flat, out_bits=out_bits).reshape(x.shape)  # noqa: E731
+        return local(ctx.parties, bit) if arithmetic else local_xor(ctx.parties, bit)
+
+    return Rider([(x.with_frac(0) + r, bits)], finish)  # x̂ uniform mod 2^n
 
 
-def msb_dcf_cost(elements: int, bits: int) -> dict:
+def msb_dcf_cost(elements: int, bits: int, out_bits: int = 1) -> dict:
     """`msb_dcf`'s declared costs per party for `elements` elements at `bits` bits: rounds,
-    online bytes, dealer bytes (what the ledger records; tests compare the two)."""
+    online bytes, dealer bytes (what the ledger records; tests compare the two); out_bits
+    64 for `msb_dcf_begin(arithmetic=True)`."""
     return {"rounds": 1, "online_bytes": math.ceil(bits * elements / 8),
-            "dealer_bytes": 8 * elements * dcf.correction_words(bits - 1, 1)}
+            "dealer_bytes": 8 * elements * dcf.correction_words(bits - 1, out_bits)}

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpc.channel import Rider
 from mpc.context import Context, secure_jit
 from mpc.dealer import PRODUCTS
 from mpc.fixed import FixedPoint
@@ -41,11 +42,12 @@ def mul(ctx: Context, x: Shared, y: Shared, op: str = "mul") -> Shared:
     return z.add_public(e * f).with_frac(x.frac + y.frac)
 
 
-def square(ctx: Context, x: Shared, op: str = "square") -> Shared:
+def square(ctx: Context, x: Shared, op: str = "square", riders=()) -> Shared:
     """x² elementwise, untruncated (scale 2·frac): with (a, a²) open e = x − a, then
-    x² = a² + 2·e·a + e². Cost: 8·n bytes per party, 1 round."""
+    x² = a² + 2·e·a + e². Cost: 8·n bytes per party, 1 round. `riders`: other steps
+    whose openings travel in the same message (`mpc.channel.Rider`)."""
     a, a2 = ctx.dealer.square_pair(x.shape)
-    e = ctx.channel.open(op, x - a.with_frac(x.frac))
+    e = ctx.channel.open(op, x - a.with_frac(x.frac), bits=1, riders=riders)
     z = a2 + a.mul_public(e * np.uint64(2))
     return z.add_public(e * e).with_frac(2 * x.frac)
 
@@ -212,22 +214,26 @@ def mul_weight(ctx: Context, x: Shared, sw: ServerWeight, op: str = "mul_weight"
 
 
 def linear(ctx: Context, x: Shared, sw: ServerWeight, bias: jax.Array | None = None,
-           op: str = "linear") -> Shared:
-    """x @ W + b, truncated to x's scale. `bias`: the server's ring-encoded bias at x's
-    scale (added by the server locally). Cost: matmul_weight + truncate(m·n), 2 rounds."""
-    return linear_many(ctx, x, [(sw, bias)], op=op)[0]
+           out_frac: int | None = None, op: str = "linear") -> Shared:
+    """x @ W + b, truncated to `out_frac` (default x's scale; an input above the
+    activations' scale, e.g. a norm's output, is brought down by the same truncation).
+    `bias`: the server's ring-encoded bias at the output scale (added by the server
+    locally). Cost: matmul_weight + truncate(m·n), 2 rounds."""
+    return linear_many(ctx, x, [(sw, bias)], out_frac, op=op)[0]
 
 
 def linear_many(ctx: Context, x: Shared, layers: list[tuple[ServerWeight, jax.Array | None]],
-                op: str = "linear") -> list[Shared]:
+                out_frac: int | None = None, op: str = "linear") -> list[Shared]:
     """Several linear layers on one input: x masked and sent once, all outputs truncated
-    in one exchange. Cost: 8·m·k (client) + 8·m·Σn_j (both) bytes, 2 rounds."""
+    (to `out_frac`, default x's scale) in one exchange. Cost: 8·m·k (client) + 8·m·Σn_j
+    (both) bytes, 2 rounds."""
     raws = matmul_weights(ctx, x, [sw for sw, _ in layers], op=op)
     widths = [r.shape[-1] for r in raws]
     fracs = {sw.frac for sw, _ in layers}
     if len(fracs) != 1:
         raise ValueError(f"linear_many: weights at different scales {sorted(fracs)}")
-    y = truncate(ctx, raws[0] if len(raws) == 1 else concatenate(raws, axis=-1), fracs.pop(), op=op + "/trunc")
+    bits = fracs.pop() + (0 if out_frac is None else x.frac - out_frac)
+    y = truncate(ctx, raws[0] if len(raws) == 1 else concatenate(raws, axis=-1), bits, op=op + "/trunc")
     outs, at = [], 0
     for (_, bias), w in zip(layers, widths):
         part = y[..., at:at + w]
@@ -282,27 +288,45 @@ def mask_once(ctx: Context, ys: list[Shared], row_axes: int = 2, op: str = "mask
     A row is y's first `row_axes` axes (the cache's batch and position); its descriptor
     (request number, word offset) names its mask to the dealer.
     Cost: 8·Σ|y| bytes per party, 1 round (once per value, e.g. per appended cache row)."""
+    rider, _ = mask_once_rider(ctx, ys, row_axes)
+    rider.land(ctx.channel.open(op, rider.payload))
+    return rider.result
+
+
+def mask_once_rider(ctx: Context, ys: list[Shared], row_axes: int = 2) -> tuple[Rider, list[MaskedShared]]:
+    """`mask_once` as a `Rider` (its opening can travel in another protocol's message),
+    and the values as they are before the round: masks and row descriptors set, opened
+    values still zero — what a product with them needs to ask the dealer for its triple
+    (`matmul_masked(..., riders=, completed=)`)."""
     masks = [ctx.dealer.random_shared(y.shape) for y in ys]
-    opened = ctx.channel.open(op, [y - b.with_frac(y.frac) for y, (b, _) in zip(ys, masks)])
-    out = []
-    for y, (b, nonce), f in zip(ys, masks, opened):
+    pending = []
+    for y, (b, nonce) in zip(ys, masks):
         lead, width = y.shape[:row_axes], int(np.prod(y.shape[row_axes:], dtype=np.int64))
         offsets = jnp.arange(int(np.prod(lead, dtype=np.int64)), dtype=jnp.int64).reshape(lead) * width
         rows = jnp.stack([jnp.broadcast_to(nonce, lead), offsets], axis=-1)
-        out.append(MaskedShared(b.with_frac(y.frac), f, rows))
-    return out
+        pending.append(MaskedShared(b.with_frac(y.frac), jnp.zeros(y.shape, DTYPE), rows))
+
+    def finish(opened):
+        return [dataclasses.replace(m, opened=f) for m, f in zip(pending, opened)]
+
+    return Rider([y - b.with_frac(y.frac) for y, (b, _) in zip(ys, masks)], finish), pending
 
 
-def matmul_masked(ctx: Context, x: Shared, y: MaskedShared, op: str = "matmul_masked") -> Shared:
+def matmul_masked(ctx: Context, x: Shared, y: MaskedShared, op: str = "matmul_masked", riders=(),
+                  completed=None) -> Shared:
     """x @ Y for shared x (..., m, k) and a masked-once Y (..., k, n), untruncated.
 
     1. Dealer: fresh A (shape of x) and shares of C = A @ B.
     2. Open E = x − A to both (one round).
     3. x @ Y = (E + A)(F + B) = E@F + E@[B] + [A]@F + [C]   (party 0 adds E@F).
     Cost: 8·|x| bytes per party, 1 round — Y's side is never reopened.
+    `riders`: steps whose openings travel with E — e.g. the `mask_once_rider` of rows Y
+    is about to hold: the triple needs only Y's masks and row descriptors, known before
+    the round; `completed()` gives Y with its opened values after it.
     """
     a, c = ctx.dealer.operand_triple(y.mask, y.rows, y.perm or tuple(range(y.mask.ndim)), x.shape)
-    e = ctx.channel.open(op, x - a.with_frac(x.frac))
+    e = ctx.channel.open(op, x - a.with_frac(x.frac), riders=riders)
+    y = completed() if completed is not None else y
     z = c + y.mask.with_frac(0).map(lambda v: ring_matmul(e, v)) + a.map(lambda v: ring_matmul(v, y.opened))
     return z.add_public(ring_matmul(e, y.opened)).with_frac(x.frac + y.frac)
 
@@ -337,23 +361,23 @@ def truncate(ctx: Context, x: Shared, bits: int, op: str = "trunc") -> Shared:
 
 class Fused(NamedTuple):
     """What `truncate_products` returns: the truncated stack and, each in the order asked,
-    the partner products, the pair products, the selections and the riders' results."""
+    the partner products, the pair products and the selections."""
 
     y: Shared
     partners: list
     pairs: list
     selects: list
-    riders: list
 
 
 def truncate_products(ctx: Context, z: Shared, bits: int, partners=(), pairs=(), selects=(), riders=(),
                       op: str = "trunc") -> Fused:
     """Truncate a stack z (S, ...) by 2^bits and, in the same round, multiply the results:
-    y_i·w for each partner (i, w) (w shared, of the element shape), y_i·y_j for each pair
+    y_i·w for each partner (i, w) (w shared; all partners of one shape, which the entries
+    broadcast to: a row's scalar times the row), y_i·y_j for each pair
     (i, j), and s·y_i for each selection (i, s) (s a XOR-shared bit in bit 0) — products
-    that would otherwise cost a round after the truncation. `riders`: independent steps
-    (payload list, finish(opened list)) of other one-round protocols whose openings travel
-    in the same message (e.g. `compare.select_bit_begin`; boolean payloads at 1 bit).
+    that would otherwise cost a round after the truncation. `riders`: other protocols'
+    independent one-round steps (`mpc.channel.Rider`) whose openings travel in the same
+    message (e.g. `compare.select_bit_begin`, `fss.msb_dcf_begin`).
 
     Why one round suffices: `truncate` opens c = z + 2^62 + r, after which
         y_i = P_i − R_i,   P_i = ⌊c_i/2^f⌋ − 2^(62−f) public,
@@ -368,10 +392,10 @@ def truncate_products(ctx: Context, z: Shared, bits: int, partners=(), pairs=(),
     square [h_i²], [h_i·m_i]; m² = m).
 
     Returns `Fused`: y (S, ...) at scale z.frac − bits, [y_i·w] untruncated at
-    y.frac + w.frac, [y_i·y_j] untruncated at 2·y.frac, [s·y_i] at y.frac, riders' results.
-    Cost: 1 round; per party 8·(S + P)·n + ⌈B·n/8⌉ bytes (plus the riders') for n elements per entry, P
-    partners and B selections; dealer (to the server): 8·n·(2·S + 2·P + Σ_pairs (2 for a
-    square, 4 otherwise) + 3·B) bytes.
+    y.frac + w.frac, [y_i·y_j] untruncated at 2·y.frac, [s·y_i] at y.frac.
+    Cost: 1 round; per party 8·S·n + 8·P·n' + B·⌈n/8⌉ bytes (plus the riders') for n
+    elements per entry, P partners of n' elements and B selections; dealer (to the
+    server): 8·(n·(2·S + Σ_pairs (2 for a square, 4 otherwise) + 3·B) + 2·P·n') bytes.
     Error: y as `truncate` (⌊z/2^f⌋ or one more, |z| < 2^62 ring units); the products are
     exact in the ring given y.
     """
@@ -379,23 +403,21 @@ def truncate_products(ctx: Context, z: Shared, bits: int, partners=(), pairs=(),
         raise ValueError(f"truncate_products: bits must be in (0, 62), got {bits}")
     partners, pairs, selects = list(partners), [(int(i), int(j)) for i, j in pairs], list(selects)
     elem = tuple(z.shape[1:])
-    for what, v in [("partner", w) for _, w in partners] + [("selection bit", b) for _, b in selects]:
-        if tuple(v.shape) != elem:
-            raise ValueError(f"truncate_products: a {what} has shape {v.shape}, entries {elem}")
+    pshape = tuple(partners[0][1].shape) if partners else elem
+    if partners and (np.broadcast_shapes(elem, pshape) != pshape
+                     or any(tuple(w.shape) != pshape for _, w in partners)):
+        raise ValueError(f"truncate_products: partners must share one shape the entries {elem} broadcast to")
+    for _, b in selects:
+        if tuple(b.shape) != elem:
+            raise ValueError(f"truncate_products: a selection bit has shape {b.shape}, entries {elem}")
     (r, hi, m), masks, pieces, sel = ctx.dealer.trunc_products(
-        z.shape, bits, [i for i, _ in partners], pairs, [i for i, _ in selects])
+        z.shape, bits, [i for i, _ in partners], pairs, [i for i, _ in selects],
+        partner_shape=None if pshape == elem else pshape)
     payload = [z.add_public(np.uint64(1 << 62)) + r.with_frac(z.frac)]
     payload += [w - masks[0][k].with_frac(w.frac) for k, (_, w) in enumerate(partners)]
     payload += [b ^ sel[0][k] for k, (_, b) in enumerate(selects)]
-    own = len(payload)
-    for more, _ in riders:
-        payload += list(more)
-    opened = ctx.channel.open(op, payload, bits=1)
-    c, es, ds = opened[0], opened[1:1 + len(partners)], opened[1 + len(partners):own]
-    ridden, at = [], own
-    for more, finish in riders:
-        ridden.append(finish(opened[at:at + len(more)]))
-        at += len(more)
+    opened = ctx.channel.open(op, payload, bits=1, riders=riders)
+    c, es, ds = opened[0], opened[1:1 + len(partners)], opened[1 + len(partners):]
     beta = (np.uint64(1) - msb(c)) << np.uint64(64 - bits)  # public, per element
     p_pub = (c >> np.uint64(bits)) - np.uint64(1 << (62 - bits))
     mask = hi - m.mul_public(beta)  # R
@@ -424,4 +446,4 @@ def truncate_products(ctx: Context, z: Shared, bits: int, partners=(), pairs=(),
         tr = sel[2][k] - sel[3][k].mul_public(beta[i])
         out = (sel[1][k].mul_public(p_pub[i]) - tr).mul_public(one_minus_2d) - mask[i].mul_public(d)
         selected.append(out.add_public(d * p_pub[i]).with_frac(f))
-    return Fused(y, with_partners, products, selected, ridden)
+    return Fused(y, with_partners, products, selected)

@@ -39,6 +39,8 @@ import numpy as np
 from mpc.approx import CoarseCompare, SymmetricPiecewise
 from mpc.context import Context
 from mpc.protocols import compare as C
+from mpc.channel import Rider
+from mpc.protocols.fss import msb_dcf_begin
 from mpc.protocols import linear as L
 from mpc.ring import DTYPE, ring_matmul
 from mpc.shares import Shared, XorShared, concatenate, concatenate_xor, stack, stack_xor
@@ -75,6 +77,17 @@ def msb_bits(ctx: Context, x: Shared, bits: int, op: str = "msb") -> XorShared:
     return C.msb(_with_bits(ctx, bits), x, op=op)
 
 
+def msb_arith(ctx: Context, x: Shared, bits: int, op: str = "msb") -> Shared:
+    """The sign bit as arithmetic shares (frac 0): with DCF comparisons one round (keys
+    with outputs in Z_{2^64}, `fss.msb_dcf_begin(arithmetic=True)`), with Kogge–Stone
+    `msb_bits` + `b2a` (one round more)."""
+    if ctx.config.comparison == "dcf":
+        rider = msb_dcf_begin(ctx, x, max(8, int(bits)), arithmetic=True)
+        rider.land(ctx.channel.open(f"{op}/open", rider.payload))
+        return rider.result
+    return C.b2a(ctx, msb_bits(ctx, x, bits, op=op), op=f"{op}/b2a")
+
+
 def msb_rounds(bits: int, comparison: str = "kogge-stone") -> int:
     """Rounds of `msb_bits` at `bits` bits under `MPCConfig.comparison`."""
     if comparison == "dcf":
@@ -103,13 +116,38 @@ def coarse_lt(ctx: Context, x: Shared, thresholds, cmp: CoarseCompare | tuple[in
     Exact for x < t and for x ≥ t + 2^drop ring units; |x − t| < 2^(bits + drop − 1) − 2^drop.
     Cost: one msb at `bits` bits over the broadcast shape.
     """
+    d, bits = _coarse_difference(x, thresholds, cmp)
+    return msb_bits(ctx, d, bits, op=op)
+
+
+def _coarse_difference(x: Shared, thresholds, cmp) -> tuple[Shared, int]:
+    """(x̃ − t̃ on the coarse view, the bits to examine) for `coarse_lt`."""
     bits, drop = cmp.params(x.frac) if isinstance(cmp, CoarseCompare) else cmp
     t = np.asarray(thresholds, np.float64)
     neg_t = (-np.floor(t * 2.0**x.frac / 2.0**drop)).astype(np.int64).astype(np.uint64)
     view = coarse_view(x, drop)
     shape = np.broadcast_shapes(view.shape, neg_t.shape)
-    d = bcast(view, shape).add_public(neg_t)  # x̃ − t̃
-    return msb_bits(ctx, d, bits, op=op)
+    return bcast(view, shape).add_public(neg_t), bits
+
+
+def coarse_lt_rider(ctx: Context, x: Shared, thresholds, cmp) -> Rider | None:
+    """`coarse_lt` as a `Rider` whose opening travels in another protocol's first
+    message (its `result`: the XOR bits) — with DCF comparisons, one round that can ride;
+    None with Kogge–Stone (several rounds of its own: call `coarse_lt`)."""
+    if ctx.config.comparison != "dcf":
+        return None
+    d, bits = _coarse_difference(x, thresholds, cmp)
+    return msb_dcf_begin(ctx, d, max(8, int(bits)))
+
+
+def _compare_alongside(ctx: Context, x: Shared, thresholds, cmp, op: str):
+    """(riders for the next round, a function giving the comparison bits after it): the
+    comparison rides on the next round with DCF, or runs first with Kogge–Stone."""
+    rider = coarse_lt_rider(ctx, x, thresholds, cmp)
+    if rider is not None:
+        return [rider], lambda: rider.result
+    bits = coarse_lt(ctx, x, thresholds, cmp, op=op)
+    return [], lambda: bits
 
 
 def select_many(ctx: Context, bits: XorShared, values: Shared, op: str = "select") -> Shared:
@@ -129,7 +167,7 @@ def _public_linear(x: Shared, a: np.ndarray) -> Shared:
 
 
 # --- polynomials ------------------------------------------------------------------------------
-def poly_untruncated(ctx: Context, x: Shared, polys, x_trunc: int = 0, op: str = "poly") -> Shared:
+def poly_untruncated(ctx: Context, x: Shared, polys, x_trunc: int = 0, riders=(), op: str = "poly") -> Shared:
     """Polynomials p_k(x) = Σ_i c_ki·x^i sharing the powers of x, stacked (K, ...) and left
     untruncated at a scale g (about 61 bits less the values' magnitude): the caller
     truncates them, alone (`poly`) or fused with what it does next
@@ -142,6 +180,7 @@ def poly_untruncated(ctx: Context, x: Shared, polys, x_trunc: int = 0, op: str =
         domain where that polynomial's value is used (sizes the coefficient precision).
       x_trunc: x arrives untruncated by this many bits; its truncation shares the round of
         the first square (d ≥ 2).
+      riders: other steps whose openings travel with the first square (`mpc.channel.Rider`).
 
     Steps: x² by a square (untruncated, scale 2W; fused with x's own truncation when
     x_trunc > 0); then one round per doubling level: the powers of the last level
@@ -155,16 +194,16 @@ def poly_untruncated(ctx: Context, x: Shared, polys, x_trunc: int = 0, op: str =
     """
     w = x.frac - x_trunc
     deg = max(len(c) for c, _ in polys) - 1
-    if x_trunc and deg < 2:
-        raise ValueError("poly: a pending truncation of x needs a square to ride on (degree ≥ 2)")
+    if (x_trunc or riders) and deg < 2:
+        raise ValueError("poly: a pending truncation or riders need a square to ride on (degree ≥ 2)")
     pw: dict[int, Shared] = {1: x}  # powers at scale w
     top: dict[int, Shared] = {}  # the highest level's powers, untruncated (scale 2w)
     if deg >= 2:
         if x_trunc:
-            fused = L.truncate_products(ctx, x[None], x_trunc, pairs=[(0, 0)], op=f"{op}/trunc")
+            fused = L.truncate_products(ctx, x[None], x_trunc, pairs=[(0, 0)], riders=riders, op=f"{op}/trunc")
             pw[1], sq = fused.y[0], fused.pairs[0]
         else:
-            sq = L.square(ctx, x, op=f"{op}/square")
+            sq = L.square(ctx, x, op=f"{op}/square", riders=riders)
         pending = {2: sq}  # scale 2w, truncated with the next level
         m = 2
         while pending:
@@ -232,23 +271,24 @@ def exp(ctx: Context, x: Shared, out_frac: int | None = None, x_trunc: int = 0, 
     `x_trunc`: x arrives at a scale this many bits above its working scale (an
     untruncated product, e.g. attention scores): its truncation rides on the polynomial's
     first square, and the comparison reads the coarse view of x as it is.
-    Error (defaults): ≤ 2e-5 absolute on [−16, 2^−5] at scale 2^−20 (≤ 2 ulp at f = 16),
+    Error (defaults): ≤ 3e-5 absolute on [−16, 2^−5] at scale 2^−20 (< 2 ulp at f = 16;
+    1.6e-5 to 2.3e-5 measured over dealer seeds),
     0 below −16, < 1e-6 dropped in [−16, −14]. Works at scale `exp_frac` (20) internally.
     Cost: msb(9 bits) + poly 3 + squarings 2 + 1 = 10 rounds (7 with DCF comparisons).
     """
     nl = ctx.config.nonlinear
     out_frac = x.frac - x_trunc if out_frac is None else out_frac
-    clipped = coarse_lt(ctx, x, -nl.exp_clip, nl.exp_compare, op=f"{op}/clip")
+    riders, clipped = _compare_alongside(ctx, x, -nl.exp_clip, nl.exp_compare, op=f"{op}/clip")
     s = nl.exp_scale_log2
     t = x.with_frac(x.frac + s)
     t = t.add_public(ring_const(0.5, t.frac))
-    q = poly_untruncated(ctx, t, [(nl.exp_coeffs, 0.51)], x_trunc, op=f"{op}/poly")  # (1, ...)
+    q = poly_untruncated(ctx, t, [(nl.exp_coeffs, 0.51)], x_trunc, riders, op=f"{op}/poly")  # (1, ...)
     bits = q.frac - nl.exp_frac
     for _ in range(nl.exp_squarings):  # truncate q and square it in one round
         q = L.truncate_products(ctx, q, bits, pairs=[(0, 0)], op=f"{op}/square").pairs[0][None]
         bits = nl.exp_frac
     # q ← (1 − b)·q: clipped inputs give exactly 0 (selecting after the squarings is the same)
-    return L.truncate_products(ctx, q, q.frac - out_frac, selects=[(0, C.not_bit(clipped))],
+    return L.truncate_products(ctx, q, q.frac - out_frac, selects=[(0, C.not_bit(clipped()))],
                                op=f"{op}/select").selects[0]
 
 
@@ -353,17 +393,56 @@ def rsqrt(ctx: Context, x: Shared, lo: float, hi: float, mult: float = 1.0, op: 
     return _power_correction(ctx, onehot, ys, es, lambda e: e // 2, nl.poly_frac, op=f"{op}/scale")
 
 
+def rsqrt_times(ctx: Context, x: Shared, w: Shared, lo: float, hi: float, mult: float = 1.0,
+                op: str = "rsqrt") -> Shared:
+    """w·mult/√x for x (..., 1) ∈ [lo, hi] (a row's statistic) and w (..., n) (the row):
+    a norm's core. `rsqrt`, with the product moved before the power selection so that
+    both ride on truncations: the polynomials' truncation carries y_k·w (w a partner,
+    broadcast over the row), and their truncation carries the selection of
+    o_e·y_(e mod 2)·w. One round less than `rsqrt` + `mul` + `truncate`.
+    Output at scale w.frac + S, S = max(0, ⌊(⌈log2 hi⌉ − 1)/2⌋): the S extra bits of
+    precision keep small rows exact; the next truncation (a linear layer's) drops them.
+    Requires mult·√hi·2^(poly_frac + w.frac) < 2^62 (|w| ≤ √hi on a norm's rows).
+    Cost: msb(bits) + 1 + 2 + 1 + 1 rounds (5 with DCF).
+    """
+    nl = ctx.config.nonlinear
+    if math.log2(mult * math.sqrt(hi)) + nl.poly_frac + w.frac >= 62:
+        raise ValueError(f"rsqrt_times: mult·√hi = {mult * math.sqrt(hi):g} at scale 2^{nl.poly_frac + w.frac} "
+                         "passes the ring")
+    onehot, u, u_trunc, es = _normalise(ctx, x, lo, hi, op)
+    t = u.add_public(ring_const(-1.5, u.frac))
+    c = np.asarray(nl.rsqrt_coeffs) * mult
+    ys = poly_untruncated(ctx, t, [(tuple(c), 0.63), (tuple(c / math.sqrt(2.0)), 0.63)], u_trunc, op=f"{op}/poly")
+    rows = w.shape
+    fused = L.truncate_products(ctx, ys, ys.frac - nl.poly_frac, partners=[(0, w), (1, w)], op=f"{op}/times")
+    prods = stack(fused.partners)  # (2, ..., n) at poly_frac + w.frac
+    sh = np.array([e // 2 for e in es])
+    top = max(0, int(sh.max()))
+    if onehot is None:
+        y = L.truncate(ctx, prods, nl.poly_frac, op=f"{op}/scale")[int(es[0]) % 2]
+        return y.mul_public(_pow2(top - sh[0]), frac=w.frac + top)
+    selects = [(int(e) % 2, onehot[i].broadcast_to(rows)) for i, e in enumerate(es)]
+    picked = L.truncate_products(ctx, prods, nl.poly_frac, selects=selects, op=f"{op}/scale").selects
+    out = None
+    for p, s in zip(picked, sh):
+        term = p.mul_public(_pow2(top - s), frac=w.frac + top)
+        out = term if out is None else out + term
+    return out
+
+
 # --- max ---------------------------------------------------------------------------------------------
 def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] = (), op: str = "max"):
     """Max over the last axis (a group of g elements) and the carried values at its position.
 
     1. All g(g−1)/2 pairs i < j compared at once on the coarse view: β_ij = [x̃_i < x̃_j].
-    2. β to arithmetic (1 round); wins_j = #{i < j: β_ij} + #{k > j: ¬β_jk} (local).
+    2. β as arithmetic shares (`msb_arith`: b2a, 1 round more, with Kogge–Stone; none
+       with DCF keys that output in Z_{2^64}); wins_j = #{i < j: β_ij} + #{k > j: ¬β_jk}
+       (local).
     3. The winner has wins = g − 1; exactly one element does (ties go to the lowest
        index): one comparison at ⌈log2 g⌉ + 2 bits.
     4. Select x (and the carried values) at the winner: one round.
     Returns (max, [carried...]) with the last axis removed.
-    Cost: msb(bits) + 1 + msb(8) + 1 rounds (11 at 16 bits); bytes per party:
+    Cost: msb(bits) + 1 + msb(8) + 1 rounds (11 at 16 bits; 3 with DCF); bytes per party:
     g(g−1)/2·(msb bytes + 1/8) + g·(12 + (8 + 1/8)·(1 + len(carry))).
     """
     g = x.shape[-1]
@@ -372,8 +451,7 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     ii, jj = np.triu_indices(g, 1)
     bits, drop = cmp.params(x.frac)
     view = coarse_view(x, drop)
-    beta = msb_bits(ctx, view[..., ii] - view[..., jj], bits, op=f"{op}/pairs")
-    beta = C.b2a(ctx, beta, op=f"{op}/b2a")  # (..., P) 0/1
+    beta = msb_arith(ctx, view[..., ii] - view[..., jj], bits, op=f"{op}/pairs")  # (..., P) 0/1
     inc = np.zeros((len(ii), g), np.int64)
     inc[np.arange(len(ii)), jj] += 1
     inc[np.arange(len(ii)), ii] -= 1
@@ -451,7 +529,8 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
     big = 2.0 ** spec.clip_log2
     brk = list(spec.breaks)
     thr = [-big, *[-b for b in reversed(brk)], 0.0, *brk, big]
-    bits = coarse_lt(ctx, x, np.array(thr).reshape((-1,) + (1,) * x.ndim), nl.act_compare, op=f"{op}/cmp")
+    riders, compared = _compare_alongside(ctx, x, np.array(thr).reshape((-1,) + (1,) * x.ndim), nl.act_compare,
+                                          op=f"{op}/cmp")
     s = x.with_frac(f + spec.clip_log2)
     edges = [0.0, *brk, big]
     polys = []
@@ -464,7 +543,8 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
             p[1] += spec.lin_a * big
         r = edges[k + 1] / big + 0.02
         polys += [(tuple(pos), r), (tuple(neg), r)]
-    ys = poly_untruncated(ctx, s, polys, op=f"{op}/poly")  # (2K, ...) untruncated
+    ys = poly_untruncated(ctx, s, polys, riders=riders, op=f"{op}/poly")  # (2K, ...) untruncated
+    bits = compared()
     nseg = len(spec.segments)
     selects, riders = [], []
     # regions between thresholds r and r+1: negative segments (outermost first), then positive
@@ -482,7 +562,7 @@ def piecewise(ctx: Context, x: Shared, spec: SymmetricPiecewise, op: str = "act"
     # the polynomials' truncation, the region selections and the tails' selections: one round
     fused = L.truncate_products(ctx, ys, ys.frac - f, selects=selects, riders=riders, op=f"{op}/select")
     out = fused.selects[0]
-    for v in fused.selects[1:] + fused.riders:
+    for v in fused.selects[1:] + [rider.result for rider in riders]:
         out = out + v
     return out
 

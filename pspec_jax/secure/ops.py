@@ -134,15 +134,16 @@ class SecureOps:
             return _weight_product(ctx, x, table, op="embed")
 
     def linear(self, x: Shared, w: L.ServerWeight, b=None) -> Shared:
-        """x @ W + b truncated (`L.linear`); a large W through the blocked product."""
+        """x @ W + b truncated to the activations' scale (`L.linear`; a norm's output
+        arrives above it); a large W through the blocked product."""
         if not _is_large(w):
-            return L.linear(self.ctx, x, w, bias=b)
+            return L.linear(self.ctx, x, w, bias=b, out_frac=self.frac)
         raw = _weight_product(self.ctx, x, w, op="linear")
-        y = L.truncate(self.ctx, raw, w.frac, op="linear/trunc")
+        y = L.truncate(self.ctx, raw, raw.frac - self.frac, op="linear/trunc")
         return y if b is None else y.add_public(b, party=mpc.SERVER)
 
     def linear_many(self, x: Shared, layers) -> list[Shared]:
-        return L.linear_many(self.ctx, x, layers)
+        return L.linear_many(self.ctx, x, layers, out_frac=self.frac)
 
     def scale(self, x: Shared, c: float) -> Shared:
         return L.mul_const(self.ctx, x, c)
@@ -193,8 +194,8 @@ class SecureOps:
         """Causal attention over the shared cache (see `Ops.attention`); a public (T, S)
         `mask` (a token tree's) replaces the causal one at no cost in rounds or bytes.
 
-        Rounds: mask the new rows (1), QKᵀ (1), softmax (whose first exp round also
-        truncates the scores), PV (1), truncate (1). Scores for all S cache rows are computed (static shapes); rows beyond
+        Rounds: QKᵀ (1, the new rows' masking riding with it), softmax (whose first exp
+        round also truncates the scores), PV (1), truncate (1). Scores for all S cache rows are computed (static shapes); rows beyond
         a query's position are removed by the softmax's public causal mask.
         """
         ctx = self.ctx
@@ -211,12 +212,16 @@ class SecureOps:
             return L.MaskedShared(mask, opened, rows)
 
         with ctx.ledger.scope("attention"):
-            k_rows, v_rows = L.mask_once(ctx, [k_new, v_new], row_axes=2, op="kv_append")
-            k, v = write(layer_cache["k"], k_rows), write(layer_cache["v"], v_rows)  # (B, S, K, D)
-            S = k.shape[1]
+            # the new rows' masking travels with QKᵀ's opening (one round for both): the
+            # product's triple needs only the rows' masks, known before the round
+            appending, (k_pre, _) = L.mask_once_rider(ctx, [k_new, v_new], row_axes=2)
+            S = layer_cache["k"].shape[1]
             # queries grouped by kv head: (B, K, G·T, D); keys as (B, K, D, S); values (B, K, S, D)
             qg = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
-            raw = L.matmul_masked(ctx, qg, k.transpose(0, 2, 3, 1), op="qk")  # scale 2f
+            raw = L.matmul_masked(ctx, qg, write(layer_cache["k"], k_pre).transpose(0, 2, 3, 1), op="qk",
+                                  riders=[appending],
+                                  completed=lambda: write(layer_cache["k"], appending.result[0]).transpose(0, 2, 3, 1))
+            k, v = (write(layer_cache[n], rows) for n, rows in zip("kv", appending.result))  # (B, S, K, D)
             # 1/sqrt(D) as a public product; the scores stay untruncated (scale 3f): the
             # softmax's comparisons read them so and their truncation rides on exp's first square
             c = ctx.config.fixed.encode(1.0 / math.sqrt(D))
