@@ -393,6 +393,12 @@ def rsqrt(ctx: Context, x: Shared, lo: float, hi: float, mult: float = 1.0, op: 
     return _power_correction(ctx, onehot, ys, es, lambda e: e // 2, nl.poly_frac, op=f"{op}/scale")
 
 
+def rsqrt_times_fits(ctx: Context, hi: float, mult: float, frac: int) -> bool:
+    """Whether `rsqrt_times`'s products y·w (|y| ≤ mult, |w| ≤ √hi) stay below 2^62 at
+    scale poly_frac + frac."""
+    return math.log2(mult * math.sqrt(hi)) + ctx.config.nonlinear.poly_frac + frac < 62
+
+
 def rsqrt_times(ctx: Context, x: Shared, w: Shared, lo: float, hi: float, mult: float = 1.0,
                 op: str = "rsqrt") -> Shared:
     """w·mult/√x for x (..., 1) ∈ [lo, hi] (a row's statistic) and w (..., n) (the row):
@@ -406,9 +412,9 @@ def rsqrt_times(ctx: Context, x: Shared, w: Shared, lo: float, hi: float, mult: 
     Cost: msb(bits) + 1 + 2 + 1 + 1 rounds (5 with DCF).
     """
     nl = ctx.config.nonlinear
-    if math.log2(mult * math.sqrt(hi)) + nl.poly_frac + w.frac >= 62:
+    if not rsqrt_times_fits(ctx, hi, mult, w.frac):
         raise ValueError(f"rsqrt_times: mult·√hi = {mult * math.sqrt(hi):g} at scale 2^{nl.poly_frac + w.frac} "
-                         "passes the ring")
+                         "passes the ring (use rsqrt, then mul)")
     onehot, u, u_trunc, es = _normalise(ctx, x, lo, hi, op)
     t = u.add_public(ring_const(-1.5, u.frac))
     c = np.asarray(nl.rsqrt_coeffs) * mult

@@ -27,7 +27,7 @@ import numpy as np
 
 from mpc.context import Context
 from mpc.protocols import linear as L
-from mpc.protocols.nonlinear import ring_const, rsqrt_times
+from mpc.protocols.nonlinear import ring_const, rsqrt, rsqrt_times, rsqrt_times_fits
 from mpc.shares import SERVER, Shared
 
 
@@ -41,7 +41,11 @@ def _normalise_rows(ctx: Context, d: Shared, eps: float, scale, bias, op: str) -
         squares = L.truncate(ctx, squares, drop, op=f"{op}/square/trunc")
     # Σd² + n·eps; rsqrt(Σd²/n + eps) = √n · rsqrt(Σd² + n·eps)
     v = squares.sum(axis=-1, keepdims=True).add_public(ring_const(n * eps, squares.frac))
-    y = rsqrt_times(ctx, v, d, lo=lo, hi=hi, mult=math.sqrt(n), op=f"{op}/rsqrt")  # scale f + S
+    if rsqrt_times_fits(ctx, hi, math.sqrt(n), d.frac):
+        y = rsqrt_times(ctx, v, d, lo=lo, hi=hi, mult=math.sqrt(n), op=f"{op}/rsqrt")  # scale f + S
+    else:  # rows too wide for the fused product: the product after the selection (one round more)
+        r = rsqrt(ctx, v, lo=lo, hi=hi, mult=math.sqrt(n), op=f"{op}/rsqrt")
+        y = L.truncate(ctx, L.mul(ctx, d, r, op=f"{op}/mul"), r.frac, op=f"{op}/mul/trunc")
     if scale is not None:
         y = L.truncate(ctx, L.mul_weight(ctx, y, scale, op=f"{op}/scale"), scale.frac + y.frac - d.frac,
                        op=f"{op}/scale/trunc")

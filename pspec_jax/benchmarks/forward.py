@@ -9,6 +9,8 @@ figures are the median of `repeats` passes (ledger of one pass).
 
 from __future__ import annotations
 
+import dataclasses
+
 import statistics
 import time
 from pathlib import Path
@@ -105,6 +107,8 @@ def run_bench(args) -> dict:
     from pspec_jax.models.default import resolve_private
     from pspec_jax.models.bundle import shaped_model
     from pspec_jax.secure import SecureSession
+    from pspec_jax.secure.ranges import calibrated_config
+    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
 
     context = 64
     tokens = (1, 2, 4) if args.quick else TOKENS
@@ -112,7 +116,12 @@ def run_bench(args) -> dict:
         bundle = shaped_model(args.shape, max_seq_len=context + max(tokens))
     else:
         bundle = resolve_private(getattr(args, "private", None))
-    session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens), tokenizer=bundle.tokenizer)
+    config, ranges = calibrated_config(bundle.config, bundle.params, bundle.tokenizer,
+                                       base=dataclasses.replace(DEFAULT_MPC_CONFIG,
+                                                                comparison=getattr(args, "comparison", "kogge-stone")))
+    session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens), mpc_config=config,
+                            tokenizer=bundle.tokenizer)
+    session.ranges = ranges
     fidelity = fidelity_row(session, bundle)
     rows = forward_rows(bundle, context, tokens, repeats=args.repeats if args.repeats < 5 else 3, session=session)
     png = plot(rows, Path(getattr(args, "out", None) or "out") / "forward_cost.png", bundle.name)
