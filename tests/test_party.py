@@ -208,8 +208,9 @@ def test_secure_forward_and_post_verification_party_local(family):
 
 
 # Heavy (by hand, `make test-heavy`): ~5 min on 2 cores, every tree program compiled by
-# three contexts; in CI, tests/test_runtime.py's slow tree test runs the same programs
-# party-local through three processes (greedy = plain, seeded paper = the simulation).
+# three contexts; in CI, tests/test_runtime.py's slow tree test runs the tree programs
+# party-local through three processes (seeded paper = the simulation; the greedy tree
+# through three processes is heavy too: tests/test_post_smollm2.py's demo --tree).
 @pytest.mark.heavy
 def test_token_tree_pass_walk_and_keep_path_party_local():
     """A tree pass (mask and positions from the public shape), the private walk over a

@@ -200,8 +200,9 @@ def test_three_processes_tree_post(parties, tiny_folder):
     """Token-tree POST through three processes: a seeded sampled adaptive run (`--privacy
     paper`: every draw is the client's) gives the simulation's tokens and accepted paths
     (the server builds each pass's tree mask from the public shape and node count, and
-    keeps its own copy of the opened path). Greedy tree POST through three processes:
-    tests/test_post_smollm2.py (the demo with --tree on SmolLM2)."""
+    keeps its own copy of the opened path). Greedy tree POST through three processes is
+    heavy (by hand): tests/test_post_smollm2.py (the demo with --tree on SmolLM2); in CI
+    greedy tree POST = greedy plain runs in one process (tests/test_post_tree.py)."""
     start, model, _ = parties
     _, server, dport, sport = start()
     public = tiny_folder("public", seed=4, vocab_size=264)
