@@ -178,7 +178,7 @@ def test_twenty_sessions_compile_once_and_memory_stays_bounded(parties):
     assert statistics.median(seconds[5:]) < 0.5 * seconds[0], seconds
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # CI time: the seeded tree run (slow) checks the same property through three processes
 def test_three_processes_seeded_sampling_equals_simulation(parties, tiny_folder):
     """A sampled POST run with an explicit seed (`--privacy paper`: every random draw is the
     client's — the drafts, the thresholds r_i and the draw from the opened row p_n) gives
