@@ -11,10 +11,12 @@ Building blocks, each one protocol with its cost (per party, n elements):
   x̃ = ⌊x/2^drop⌋ − c, c ∈ {0, 1}: comparisons on it are consistent (transitive) and
   exact except within 2^drop above a threshold. msb rounds 1 + ⌈log2(bits − 1)⌉;
   bytes 4·L·⌈bits/8⌉ per comparison (`mpc.protocols.compare`).
-* `poly`: several polynomials of one shared variable, sharing its powers: degree d costs
-  2·⌈log2 d⌉ rounds (powers by a product ladder truncated after every level but the
-  last; the last level stays untruncated and all coefficient products are folded into
-  one final truncation).
+* `poly_untruncated` / `poly`: several polynomials of one shared variable, sharing its
+  powers: degree d costs ⌈log2 d⌉ rounds left untruncated (+1 to truncate): each level's
+  truncation carries the next level's products (`linear.truncate_products`), and the
+  caller fuses the final truncation with what it does next (a selection, a square).
+* With DCF comparisons (`MPCConfig.comparison = "dcf"`) a comparison whose input is ready
+  before a polynomial starts rides on its first round (`coarse_lt_rider`).
 * `group_max`: max over groups of g elements by all-pairs comparison in one batch, a
   win count per element and one small comparison (count = g − 1) — 4 protocol steps
   whatever g is, instead of log2(g) tournament levels.
@@ -22,9 +24,10 @@ Building blocks, each one protocol with its cost (per party, n elements):
 Approximation parameters: `ctx.config.nonlinear` (`mpc.approx.NonlinearConfig`).
 References: SPU/PUMA (piecewise GeLU, MSB-normalised reciprocal and rsqrt), BumbleBee
 (|x|-symmetric activation segments), CrypTen ((1 + x/2^n)^(2^n) exp). Rounds and bytes
-per op at the defaults are checked exactly by tests/test_nonlinear_ledger.py:
-gelu/silu/sigmoid 10, exp 15, reciprocal 12 (softmax's range), rsqrt 13 (norms), softmax
-40, LayerNorm 19, RMSNorm 18, argmax over 49,152 48 (+1 to open), sampling 11.
+per op at the defaults (Kogge–Stone) are checked exactly by tests/test_nonlinear_ledger.py:
+gelu/silu/sigmoid 8, exp 10, reciprocal 9 (softmax's range), softmax 32, LayerNorm 15,
+RMSNorm 14, argmax over 49,152 48 (+1 to open), sampling 11; with DCF comparisons
+(`scripts/rounds_per_op.py`) 3, 6, 5, 16, 10, 9, 12 (+1) and 5.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from mpc.channel import Rider
 from mpc.protocols.fss import msb_dcf_begin
 from mpc.protocols import linear as L
 from mpc.ring import DTYPE, ring_matmul
-from mpc.shares import Shared, XorShared, concatenate, concatenate_xor, stack, stack_xor
+from mpc.shares import Shared, XorShared, concatenate, concatenate_xor, stack
 
 
 # --- helpers ------------------------------------------------------------------------------
