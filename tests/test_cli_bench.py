@@ -103,6 +103,7 @@ def test_bench_decode_options_before_the_model(capsys, tmp_path, no_model, argv,
 @pytest.mark.parametrize("argv,msg", [
     (["--shape", "gpt5"], "unknown --shape 'gpt5'"),
     (["--shape", "d960", "--private", "x"], "not both"),
+    (["--comparison", "bogus"], "invalid choice: 'bogus'"),
 ])
 def test_bench_forward_options_before_the_model(capsys, no_model, argv, msg):
     try:
