@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import mpc
 from mpc.fixed import FixedPoint
+from mpc.protocols import compare as C
 from mpc.protocols import linear as L
 
 ULP = 2.0**-16
@@ -141,3 +142,48 @@ def test_masked_once_operand_matmul():
     np.testing.assert_array_equal(np.asarray(ctx.reveal(z)), x @ y)
     zt = L.matmul_masked(ctx, ctx.share(x[:, :, :5]), Y.transpose(0, 2, 1))
     np.testing.assert_array_equal(np.asarray(ctx.reveal(zt)), x[:, :, :5] @ y.transpose(0, 2, 1))
+
+
+def test_truncate_products_exact_given_the_truncation(ctx):
+    """`truncate_products`: y as `truncate` (⌊z/2^f⌋ or one more, edge values up to 2^62
+    included), and every carried product exact in the ring given y — partners of the
+    entry shape and a row partner broadcast against per-row entries, squares, cross
+    products, selections — in one round, with the documented bytes per party."""
+    f = ctx.config.frac_bits
+    lim = 2**62 - 1
+    edges = np.array([0, 1, -1, 2**f, -(2**f), lim, -lim, 2**61, -(2**61), 12345678901, -987654321, 7],
+                     dtype=np.int64)
+    rng = np.random.default_rng(11)
+    z_ring = np.stack([edges, rng.integers(-2**40, 2**40, size=edges.shape)]).reshape(2, 3, 4)  # (S=2, 3, 4)
+    Z = mpc.Shared.from_parties(*_split(z_ring.astype(np.uint64), seed=5), frac=2 * f)
+    w_ring = rng.integers(-2**30, 2**30, size=(3, 4))
+    W = mpc.Shared.from_parties(*_split(w_ring.astype(np.uint64), seed=6), frac=f)
+    row_ring = rng.integers(-2**30, 2**30, size=(3, 4, 5))  # a row partner for per-row entries
+    bits = (rng.integers(0, 2, size=(3, 4)) == 1)
+    B = C.msb(ctx, ctx.share(np.where(bits, -1.0, 1.0)))  # XOR bit = bits
+
+    mark = ctx.ledger.snapshot()
+    out = L.truncate_products(ctx, Z, f, partners=[(0, W), (1, W)], pairs=[(0, 0), (0, 1), (1, 1)],
+                              selects=[(1, B)])
+    t = ctx.ledger.since(mark).totals()
+    n = 12
+    assert (t.rounds, t.bytes0, t.bytes1) == (1, 8 * 2 * n + 8 * 2 * n + 2, 8 * 2 * n + 8 * 2 * n + 2)
+
+    def ring(x):
+        return np.asarray(ctx.channel.open("t", x)).astype(np.uint64)
+
+    y = ring(out.y)
+    floor = z_ring >> f
+    assert np.all((y.astype(np.int64) == floor) | (y.astype(np.int64) == floor + 1))
+    w = w_ring.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(ring(out.partners[0]), y[0] * w) and np.array_equal(ring(out.partners[1]), y[1] * w)
+        assert np.array_equal(ring(out.pairs[0]), y[0] * y[0])
+        assert np.array_equal(ring(out.pairs[1]), y[0] * y[1])
+        assert np.array_equal(ring(out.pairs[2]), y[1] * y[1])
+        assert np.array_equal(ring(out.selects[0]), np.where(bits, y[1], np.uint64(0)))
+        # a row partner: entries (S, 3, 4, 1) broadcast against rows (3, 4, 5)
+        R = mpc.Shared.from_parties(*_split(row_ring.astype(np.uint64), seed=7), frac=f)
+        rows = L.truncate_products(ctx, Z[..., None], f, partners=[(1, R)])
+        y1 = ring(rows.y)[1]
+        assert np.array_equal(ring(rows.partners[0]), y1 * row_ring.astype(np.uint64))
