@@ -339,7 +339,7 @@ def _normalise(ctx: Context, x: Shared, lo: float, hi: float, op: str):
 
 def _power_correction(ctx: Context, onehot, ys: Shared, es, shift_of, out_frac: int, op: str) -> Shared:
     """r = Σ_e o_e · y_(e mod K) · 2^(−shift_of(e)) at scale out_frac + max(shift_of),
-    from the K polynomials ys (K, ...) still untruncated: their truncation to `out_frac`
+    from K values ys (K, ...) still untruncated (the bits broadcast over their shape): their truncation to `out_frac`
     and the selection share one round (`linear.truncate_products`); the shifts are exact."""
     sh = np.array([shift_of(e) for e in es])
     f_out = out_frac + max(0, int(sh.max()))
@@ -348,7 +348,7 @@ def _power_correction(ctx: Context, onehot, ys: Shared, es, shift_of, out_frac: 
     if onehot is None:
         y = L.truncate(ctx, ys, bits, op=op)
         return y[int(es[0]) % k].mul_public(_pow2(f_out - out_frac - sh[0]), frac=f_out)
-    selects = [(int(e) % k, onehot[i]) for i, e in enumerate(es)]
+    selects = [(int(e) % k, onehot[i].broadcast_to(ys.shape[1:])) for i, e in enumerate(es)]
     picked = L.truncate_products(ctx, ys, bits, selects=selects, op=op).selects
     out = None
     for p, s in zip(picked, sh):
@@ -386,14 +386,20 @@ def rsqrt(ctx: Context, x: Shared, lo: float, hi: float, mult: float = 1.0, op: 
     Cost: msb(bits) + 1 + 2 + 1 rounds (9 for LayerNorm's n·[1e-4, 1e4] at n ≤ 1024 with
     Kogge–Stone comparisons, 5 with DCF).
     """
+    onehot, ys, es = _rsqrt_polys(ctx, x, lo, hi, mult, op)
+    return _power_correction(ctx, onehot, ys, es, lambda e: e // 2, ctx.config.nonlinear.poly_frac,
+                             op=f"{op}/scale")
+
+
+def _rsqrt_polys(ctx: Context, x: Shared, lo: float, hi: float, mult: float, op: str):
+    """(one-hot exponent bits, mult·u^(−1/2) and mult·u^(−1/2)/√2 stacked and untruncated,
+    exponents) for x = u·2^e: `rsqrt`'s and `rsqrt_times`'s common part."""
     nl = ctx.config.nonlinear
     onehot, u, u_trunc, es = _normalise(ctx, x, lo, hi, op)
     t = u.add_public(ring_const(-1.5, u.frac))
     c = np.asarray(nl.rsqrt_coeffs) * mult
-    radius = 0.63
-    ys = poly_untruncated(ctx, t, [(tuple(c), radius), (tuple(c / math.sqrt(2.0)), radius)], u_trunc,
-                          op=f"{op}/poly")
-    return _power_correction(ctx, onehot, ys, es, lambda e: e // 2, nl.poly_frac, op=f"{op}/scale")
+    ys = poly_untruncated(ctx, t, [(tuple(c), 0.63), (tuple(c / math.sqrt(2.0)), 0.63)], u_trunc, op=f"{op}/poly")
+    return onehot, ys, es
 
 
 def rsqrt_times_fits(ctx: Context, hi: float, mult: float, frac: int) -> bool:
@@ -418,25 +424,10 @@ def rsqrt_times(ctx: Context, x: Shared, w: Shared, lo: float, hi: float, mult: 
     if not rsqrt_times_fits(ctx, hi, mult, w.frac):
         raise ValueError(f"rsqrt_times: mult·√hi = {mult * math.sqrt(hi):g} at scale 2^{nl.poly_frac + w.frac} "
                          "passes the ring (use rsqrt, then mul)")
-    onehot, u, u_trunc, es = _normalise(ctx, x, lo, hi, op)
-    t = u.add_public(ring_const(-1.5, u.frac))
-    c = np.asarray(nl.rsqrt_coeffs) * mult
-    ys = poly_untruncated(ctx, t, [(tuple(c), 0.63), (tuple(c / math.sqrt(2.0)), 0.63)], u_trunc, op=f"{op}/poly")
-    rows = w.shape
+    onehot, ys, es = _rsqrt_polys(ctx, x, lo, hi, mult, op)
     fused = L.truncate_products(ctx, ys, ys.frac - nl.poly_frac, partners=[(0, w), (1, w)], op=f"{op}/times")
     prods = stack(fused.partners)  # (2, ..., n) at poly_frac + w.frac
-    sh = np.array([e // 2 for e in es])
-    top = max(0, int(sh.max()))
-    if onehot is None:
-        y = L.truncate(ctx, prods, nl.poly_frac, op=f"{op}/scale")[int(es[0]) % 2]
-        return y.mul_public(_pow2(top - sh[0]), frac=w.frac + top)
-    selects = [(int(e) % 2, onehot[i].broadcast_to(rows)) for i, e in enumerate(es)]
-    picked = L.truncate_products(ctx, prods, nl.poly_frac, selects=selects, op=f"{op}/scale").selects
-    out = None
-    for p, s in zip(picked, sh):
-        term = p.mul_public(_pow2(top - s), frac=w.frac + top)
-        out = term if out is None else out + term
-    return out
+    return _power_correction(ctx, onehot, prods, es, lambda e: e // 2, w.frac, op=f"{op}/scale")
 
 
 # --- max ---------------------------------------------------------------------------------------------
