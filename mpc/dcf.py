@@ -314,25 +314,67 @@ def key_bytes(n_bits: int, out_bits: int) -> int:
     return (LAMBDA_BITS // 8) * (n_bits + 1) + -(-(out_bits * (n_bits + 1) + 2 * n_bits) // 8)
 
 
-def _bit_fields(key: DcfKey, out_bits: int) -> jax.Array:
-    """uint8 (N, ℓ·(n+1) + 2n) of 0/1: v_cw per level, CW_{n+1}, then t^L, t^R per level."""
-    values = jnp.concatenate([key.cw_value, key.cw_final[None]]).T  # (N, n+1)
-    value_bits = (values[..., None] >> jnp.arange(out_bits, dtype=U64)) & U64(1)  # (N, n+1, ℓ)
-    t_bits = (key.cw_bits.T[..., None] >> jnp.arange(2, dtype=jnp.uint8)) & 1  # (N, n, 2)
-    n = values.shape[0]
-    return jnp.concatenate([value_bits.reshape(n, -1).astype(jnp.uint8), t_bits.reshape(n, -1)], axis=1)
+def _field_layout(n_bits: int, out_bits: int) -> list[tuple[int, int]]:
+    """(bit position, width) of each field in the bit string after the seeds: v_cw per
+    level and CW_{n+1} (ℓ bits each), then t^L, t^R per level (2 bits: t^L low)."""
+    widths = [out_bits] * (n_bits + 1) + [2] * n_bits
+    return [(sum(widths[:i]), w) for i, w in enumerate(widths)]
+
+
+def _fields(key: DcfKey) -> list[jax.Array]:
+    """uint64 (N,) per field of `_field_layout`."""
+    return [*key.cw_value, key.cw_final, *key.cw_bits.astype(U64)]
+
+
+def _pack_fields(fields: list[jax.Array], layout: list[tuple[int, int]], words: int) -> jax.Array:
+    """The fields as one little-endian bit string over `words` uint64 words, (N, words):
+    bit k of the string is bit k mod 64 of word ⌊k/64⌋; a field that straddles a word
+    boundary continues in the next word. Word operations only (no per-bit arrays): the
+    cost is O(fields) passes over N, whatever ℓ."""
+    out = [jnp.zeros(fields[0].shape, U64) for _ in range(words)]
+    for value, (pos, width) in zip(fields, layout):
+        index, shift = divmod(pos, 64)
+        value = value & _low_mask(width)
+        out[index] = out[index] | (value << U64(shift))
+        if shift + width > 64:
+            out[index + 1] = out[index + 1] | (value >> U64(64 - shift))
+    return jnp.stack(out, axis=1)
+
+
+def _unpack_fields(words: jax.Array, layout: list[tuple[int, int]]) -> list[jax.Array]:
+    """The inverse of `_pack_fields`: uint64 (N,) per field from (N, words)."""
+    fields = []
+    for pos, width in layout:
+        index, shift = divmod(pos, 64)
+        value = words[:, index] >> U64(shift)
+        if shift + width > 64:
+            value = value | (words[:, index + 1] << U64(64 - shift))
+        fields.append(value & _low_mask(width))
+    return fields
+
+
+def _key_of_fields(seed: jax.Array, cw_seed: jax.Array, fields: list[jax.Array], n_bits: int) -> DcfKey:
+    return DcfKey(seed=seed, cw_seed=cw_seed, cw_value=jnp.stack(fields[:n_bits]),
+                  cw_bits=jnp.stack(fields[n_bits + 1:]).astype(jnp.uint8), cw_final=fields[n_bits])
+
+
+def _field_words(n_bits: int, out_bits: int) -> int:
+    return -(-(out_bits * (n_bits + 1) + 2 * n_bits) // 64)
 
 
 @functools.partial(jax.jit, static_argnames=("out_bits",))
 def pack_key(key: DcfKey, *, out_bits: int) -> jax.Array:
     """A key as uint8 (N, `key_bytes(n, ℓ)`): the root seed and the n seed corrections
     (16 bytes each, words little-endian), then the values and control bits as one
-    little-endian bit string, zero-padded to a byte."""
+    little-endian bit string (`_pack_fields`), zero-padded to a byte."""
+    n_bits = key.cw_seed.shape[0]
     seeds = jnp.concatenate([key.seed[None], key.cw_seed])  # (n+1, 4, N)
     seed_bytes = jax.lax.bitcast_convert_type(jnp.moveaxis(seeds, -1, 0), jnp.uint8)  # (N, n+1, 4, 4)
     n = seed_bytes.shape[0]
-    rest = jnp.packbits(_bit_fields(key, out_bits), axis=1, bitorder="little")
-    return jnp.concatenate([seed_bytes.reshape(n, -1), rest], axis=1)
+    rest = _pack_fields(_fields(key), _field_layout(n_bits, out_bits), _field_words(n_bits, out_bits))
+    rest = jax.lax.bitcast_convert_type(rest, jnp.uint8).reshape(n, -1)  # little-endian bytes
+    return jnp.concatenate([seed_bytes.reshape(n, -1), rest[:, :key_bytes(n_bits, out_bits) - 16 * (n_bits + 1)]],
+                           axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("n_bits", "out_bits"))
@@ -342,9 +384,10 @@ def unpack_key(packed: jax.Array, *, n_bits: int, out_bits: int) -> DcfKey:
     seed_len = 16 * (n_bits + 1)
     seeds = jax.lax.bitcast_convert_type(packed[:, :seed_len].reshape(n, n_bits + 1, 4, 4), U32)
     seeds = jnp.moveaxis(seeds, 0, -1)  # (n+1, 4, N)
-    bits = jnp.unpackbits(packed[:, seed_len:], axis=1, bitorder="little")
-    cw_value, cw_bits, cw_final = _parse_bit_fields(bits, n_bits, out_bits)
-    return DcfKey(seed=seeds[0], cw_seed=seeds[1:], cw_value=cw_value, cw_bits=cw_bits, cw_final=cw_final)
+    words = _field_words(n_bits, out_bits)
+    rest = jnp.pad(packed[:, seed_len:], ((0, 0), (0, 8 * words - (packed.shape[1] - seed_len))))
+    rest = jax.lax.bitcast_convert_type(rest.reshape(n, words, 8), U64)
+    return _key_of_fields(seeds[0], seeds[1:], _unpack_fields(rest, _field_layout(n_bits, out_bits)), n_bits)
 
 
 def correction_words(n_bits: int, out_bits: int) -> int:
@@ -353,34 +396,23 @@ def correction_words(n_bits: int, out_bits: int) -> int:
     (the same words to both parties) when each party draws its root seed itself; e.g.
     n = 15, ℓ = 1 (msb of 16-bit values): 31 words, 248 bytes (`correction_bits`:
     245.75 bytes)."""
-    return 2 * n_bits + -(-(out_bits * (n_bits + 1) + 2 * n_bits) // 64)
+    return 2 * n_bits + _field_words(n_bits, out_bits)
 
 
-def _parse_bit_fields(bits: jax.Array, n_bits: int, out_bits: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(cw_value (n, N), cw_bits (n, N), cw_final (N,)) from the 0/1 fields of `_bit_fields`."""
-    n = bits.shape[0]
-    value_bits = bits[:, :out_bits * (n_bits + 1)].reshape(n, n_bits + 1, out_bits).astype(U64)
-    values = jnp.sum(value_bits << jnp.arange(out_bits, dtype=U64), axis=-1, dtype=U64).T  # (n+1, N)
-    t_bits = bits[:, out_bits * (n_bits + 1):out_bits * (n_bits + 1) + 2 * n_bits].reshape(n, n_bits, 2)
-    cw_bits = (t_bits[..., 0] | (t_bits[..., 1] << 1)).T.astype(jnp.uint8)
-    return values[:-1], cw_bits, values[-1]
-
-
+@functools.partial(jax.jit, static_argnames=("out_bits",))
 def pack_corrections(key: DcfKey, *, out_bits: int) -> jax.Array:
     """A key's correction words (no root seed) as uint64 (N, `correction_words(n, ℓ)`):
-    the n seed corrections (2 words each, low 32-bit half first), then the `_bit_fields`
-    bit string little-endian over whole words, zero-padded."""
+    the n seed corrections (2 words each, low 32-bit half first), then the values and
+    control bits as `_pack_fields`' bit string, zero-padded."""
     n_bits, _, n = key.cw_seed.shape
     seeds = key.cw_seed.astype(U64)  # (n_bits, 4, N)
     seed_words = jnp.stack([seeds[:, 0] | (seeds[:, 1] << U64(32)), seeds[:, 2] | (seeds[:, 3] << U64(32))],
                            axis=1).reshape(2 * n_bits, n).T  # (N, 2n)
-    fields = _bit_fields(key, out_bits)  # (N, B)
-    width = correction_words(n_bits, out_bits) - 2 * n_bits
-    fields = jnp.pad(fields, ((0, 0), (0, 64 * width - fields.shape[1]))).reshape(n, width, 64).astype(U64)
-    rest = jnp.sum(fields << jnp.arange(64, dtype=U64), axis=-1, dtype=U64)  # (N, width)
+    rest = _pack_fields(_fields(key), _field_layout(n_bits, out_bits), _field_words(n_bits, out_bits))
     return jnp.concatenate([seed_words, rest], axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("n_bits", "out_bits"))
 def unpack_corrections(words: jax.Array, seed: jax.Array, *, n_bits: int, out_bits: int) -> DcfKey:
     """The key of `pack_corrections`' words (N, W) and a party's own root seed (uint32
     (4, N), `seed_words` of its dealer words)."""
@@ -389,11 +421,8 @@ def unpack_corrections(words: jax.Array, seed: jax.Array, *, n_bits: int, out_bi
     seeds = words[:, :2 * n_bits].T.reshape(n_bits, 2, n)
     cw_seed = jnp.stack([seeds[:, 0], seeds[:, 0] >> U64(32), seeds[:, 1], seeds[:, 1] >> U64(32)],
                         axis=1).astype(U32)  # (n, 4, N)
-    rest = words[:, 2 * n_bits:]
-    bits = ((rest[..., None] >> jnp.arange(64, dtype=U64)) & U64(1)).reshape(n, -1).astype(jnp.uint8)
-    cw_value, cw_bits, cw_final = _parse_bit_fields(bits, n_bits, out_bits)
-    return DcfKey(seed=jnp.asarray(seed, U32), cw_seed=cw_seed, cw_value=cw_value, cw_bits=cw_bits,
-                  cw_final=cw_final)
+    fields = _unpack_fields(words[:, 2 * n_bits:], _field_layout(n_bits, out_bits))
+    return _key_of_fields(jnp.asarray(seed, U32), cw_seed, fields, n_bits)
 
 
 def seed_words(root_words: jax.Array) -> jax.Array:

@@ -313,7 +313,7 @@ def test_key_size_and_pack_round_trip(n_bits, out_bits):
     np.testing.assert_array_equal(np.asarray(shares[0] + shares[1]) & _mask(out_bits), np.where(x < alpha, beta, 0))
 
 
-@pytest.mark.parametrize("n_bits,out_bits", [(15, 1), (63, 1), (8, 16)])
+@pytest.mark.parametrize("n_bits,out_bits", [(15, 1), (63, 1), (8, 16), (31, 64), (20, 37)])
 def test_correction_words_round_trip(n_bits, out_bits):
     """The dealer's uint64 wire form of the correction words, plus a party's own root
     seed, gives back that party's key."""
@@ -334,3 +334,26 @@ def test_key_sizes_documented_examples():
     assert dcf.correction_words(15, 1) == 31 and dcf.correction_words(63, 1) == 129
     assert dcf.key_bytes(16, 1) == 279 and dcf.key_bytes(64, 64) == 1576
     assert dcf.key_bits(16, 1) == 2225
+
+
+@pytest.mark.parametrize("n_bits,out_bits", [(15, 1), (31, 64), (20, 37)])
+def test_correction_words_follow_the_documented_bit_string(n_bits, out_bits):
+    """The wire layout, rebuilt with Python integers: after the seed words, v_cw per level,
+    CW_{n+1} (ℓ bits each), then t^L, t^R per level, as one little-endian bit string over
+    whole words (fields straddle word boundaries when ℓ does not divide 64)."""
+    rng = np.random.default_rng(n_bits * out_bits)
+    count = 8
+    keys = dcf.dcf_keygen(_root_words(count, request=70), _uniform(rng, n_bits, count),
+                          _uniform(rng, out_bits, count), n_bits=n_bits, out_bits=out_bits)
+    key = jax.tree.map(np.asarray, keys[0])
+    words = np.asarray(dcf.pack_corrections(keys[0], out_bits=out_bits))
+    for e in range(count):
+        string, pos = 0, 0
+        for value in [*key.cw_value[:, e], key.cw_final[e]]:
+            string |= int(value) << pos
+            pos += out_bits
+        for bits in key.cw_bits[:, e]:
+            string |= (int(bits) & 1) << pos | (int(bits) >> 1 & 1) << (pos + 1)
+            pos += 2
+        rest = words[e, 2 * n_bits:]
+        assert sum(int(w) << (64 * i) for i, w in enumerate(rest)) == string
