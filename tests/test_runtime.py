@@ -127,6 +127,20 @@ def test_three_processes_greedy_secure_and_post_equal_plain(parties):
         assert PROMPT not in log and "theme" not in log
 
 
+@pytest.mark.slow
+def test_three_processes_dcf_comparisons_greedy_equals_plain(parties):
+    """A server that runs every comparison by DCF (`pspec serve --comparison dcf`): the
+    client learns the protocol from the set-up, the dealer process generates the keys, and
+    greedy secure decoding still equals plain greedy decoding."""
+    start, model, _ = parties
+    dealer, server, dport, sport = start(server_args=("--comparison", "dcf"))
+    r = client(model, sport, dport, "--mode", "secure", "--temperature", "0", "--max-new-tokens", "3",
+               "--ignore-eos")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["tokens"] == plain_tokens(model, 3)
+    server.wait_for(r"session \w+: done", timeout=60)
+
+
 def simulated_and_real(model, sport, dport, args) -> tuple[dict, dict]:
     """The --json results of `pspec generate *args` simulated in one process and run as
     the client of the three-process session."""
@@ -219,6 +233,29 @@ def test_three_processes_tree_post(parties, tiny_folder):
 # cases share one dealer and one server (`net`); the cases that need a whole secure run
 # are marked slow.
 
+
+
+def test_session_terms_round_trip_and_malformed_terms_are_refused():
+    """The set-up's terms (ranges + comparison protocol): what the server sends is what the
+    client reads; anything else is a transport error, not a crash or a silent default."""
+    import numpy as np
+
+    from mpc.transport import TransportError
+    from pspec_jax.runtime.session import SessionTerms
+    from pspec_jax.secure.ranges import ModelRanges
+
+    ranges = ModelRanges(10.0, 1e-3, 2e5, 3.0, 20.0, 30.0)
+    for comparison in ("kogge-stone", "dcf"):
+        terms = SessionTerms(ranges, comparison)
+        assert SessionTerms.from_message(terms.to_message()) == terms
+        assert terms.mpc_config().comparison == comparison
+    good = SessionTerms(ranges, "dcf").to_message()
+    for bad in ([good[0]], [good[0], np.asarray([2], np.int64)], [good[0], np.asarray([1.0])],
+                [good[0][:5], good[1]], [good[0], good[1], good[1]]):
+        with pytest.raises(TransportError, match="malformed session terms"):
+            SessionTerms.from_message(bad)
+    with pytest.raises(ValueError, match="comparison must be one of"):
+        SessionTerms(ranges, "yao")
 
 
 def established(port: int) -> int:

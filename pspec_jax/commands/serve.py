@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the private model: DEFAULT (the fine-tune), base, or an HF folder / GGUF")
     parser.add_argument("--max-len", type=int, default=2048, dest="max_len",
                         help="the largest KV cache a client may ask for (default 2048)")
+    parser.add_argument("--comparison", choices=["kogge-stone", "dcf"], default="kogge-stone",
+                        help="how comparisons run in every session: kogge-stone (default: more rounds, little "
+                             "dealer data) or dcf (one round each; dealer keys of ~0.3-1 KB per compared value)")
     parser.add_argument("--sessions", type=int, default=None,
                         help="stop after this many sessions (default: serve forever)")
     add_party_arguments(parser)
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from mpc.transport import TransportError, listen
     from pspec_jax.commands.generate import load_private
     from pspec_jax.runtime.server import run_server
+    from pspec_jax.runtime.session import SessionTerms
 
     host, port = address(args.listen, "--listen")
     dealer = address(args.dealer, "--dealer")
@@ -39,13 +43,14 @@ def run(args: argparse.Namespace) -> int:
     private = load_private(args)
     from pspec_jax.secure.ranges import calibration_ids, measure
 
-    ranges = measure(private.config, private.params, calibration_ids(private.config, private.tokenizer))
+    terms = SessionTerms(measure(private.config, private.params, calibration_ids(private.config, private.tokenizer)),
+                         args.comparison)
     try:
         listener = listen(host, port, role="server", tls=tls)
     except (OSError, TransportError) as err:
         raise UserError(f"cannot listen on {args.listen}: {err}") from None
     print(f"pspec serve: listening on {listener.host}:{listener.port}", file=sys.stderr, flush=True)
-    run_server(listener, dealer, private.config, private.params, ranges, tls=tls, dealer_tls=tls, timeout_s=args.timeout,
+    run_server(listener, dealer, private.config, private.params, terms, tls=tls, dealer_tls=tls, timeout_s=args.timeout,
                max_len=min(args.max_len, private.config.max_seq_len), emulate=emulate, emulate_dealer=emulate_dealer,
                max_sessions=args.sessions)
     return 0

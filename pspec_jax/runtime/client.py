@@ -70,7 +70,7 @@ class Client:
         try:  # the session's set-up already talks to both peers (weights, dealer key)
             setup = client_setup(link, dealer_link, max_len)
             last = self._session
-            if last is not None and last.config == private.config and last.ranges == setup[0]:
+            if last is not None and last.config == private.config and last.terms == setup[0]:
                 last.restart(link, dealer_link, max_len, setup)
                 return last
             self._session = RemoteSession(private.config, link, dealer_link, max_len, setup)

@@ -19,13 +19,14 @@ from pspec_jax.runtime.session import (DEALER_FINGERPRINT, PROTOCOL_VERSION, Wat
 log = logging.getLogger("pspec.server")
 
 
-def run_server(listener, dealer: tuple[str, int], config, params: Any, ranges, *, tls, dealer_tls, timeout_s: float,
+def run_server(listener, dealer: tuple[str, int], config, params: Any, terms, *, tls, dealer_tls, timeout_s: float,
                max_len: int, emulate=None, emulate_dealer=None, max_sessions: int | None = None) -> int:
-    """Serve sessions until `max_sessions` have ended (or forever). `ranges`: the model's
-    calibration (`pspec_jax.secure.ranges.measure`), sent to every client. Returns how
+    """Serve sessions until `max_sessions` have ended (or forever). `terms`: the model's
+    calibration (`pspec_jax.secure.ranges.measure`) and the comparison protocol
+    (`pspec_jax.runtime.session.SessionTerms`), sent to every client. Returns how
     many sessions ended cleanly."""
     fp = model_fingerprint(config)
-    model = ModelServer(config, params, ranges, max_len)
+    model = ModelServer(config, params, terms, max_len)
     served = ok = 0
     log.info("server listening on %s:%d (%s); model %s", listener.host, listener.port,
              "TLS" if tls else "plaintext", fp)

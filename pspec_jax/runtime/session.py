@@ -9,8 +9,9 @@ command rides ahead of the program's first message: it costs bytes, not a round.
 
 Messages on the client–server link after the transport's handshake:
   client → server: [session (max_len,) int64, k_01 (16 bytes)]
-  server → client: [the model's calibrated ranges (6,) float64] (both derive the session's
-                   MPC config from them, `pspec_jax.secure.ranges.session_config`)
+  server → client: [the model's calibrated ranges (6,) float64, the comparison protocol
+                   (1,) int64] (`SessionTerms`: both derive the session's MPC config
+                   from them, `pspec_jax.secure.ranges.session_config`)
   server → client: the weights' masked values F = W − B (set-up, once per session)
   then per program: client → server [command int64], and the program's own messages.
 Each party also holds a link to the dealer, which first sends it its dealer key and then
@@ -39,7 +40,7 @@ from pspec_jax.models.config import ModelConfig
 from pspec_jax.secure import SecureSession
 from pspec_jax.secure.ranges import ModelRanges, session_config
 
-PROTOCOL_VERSION = "pspec/1"
+PROTOCOL_VERSION = "pspec/2"  # 2: the set-up names the comparison protocol
 DEALER_FINGERPRINT = "dealer"  # the dealer is model-agnostic
 PRIVACY_CODES = ("strict", "paper")
 CLOSE, FORWARD, ROLLBACK, VERIFY, NEXT_TOKEN, TREE_FORWARD, TREE_VERIFY, KEEP_PATH = range(8)
@@ -60,6 +61,40 @@ def _float_bits(x: float) -> int:
 
 def _bits_float(b: int) -> float:
     return struct.unpack("<d", struct.pack("<q", int(b)))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionTerms:
+    """What the server fixes for all its sessions and sends in each set-up: the model's
+    calibrated ranges and how comparisons run (`mpc.MPCConfig.comparison`: "dcf" trades
+    rounds for dealer bytes and compute). Both parties derive the session's MPC config
+    from them, so their programs pair up. Public."""
+
+    ranges: ModelRanges
+    comparison: str = "kogge-stone"
+
+    def __post_init__(self):
+        if self.comparison not in mpc.context.COMPARISONS:
+            raise ValueError(f"comparison must be one of {mpc.context.COMPARISONS}, got {self.comparison!r}")
+
+    def mpc_config(self) -> mpc.MPCConfig:
+        from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
+
+        return session_config(self.ranges, dataclasses.replace(DEFAULT_MPC_CONFIG, comparison=self.comparison))
+
+    def to_message(self) -> list[np.ndarray]:
+        return [self.ranges.to_array(), np.asarray([mpc.context.COMPARISONS.index(self.comparison)], np.int64)]
+
+    @classmethod
+    def from_message(cls, msg: list) -> "SessionTerms":
+        try:
+            ranges, code = msg
+            code = np.asarray(code)
+            if code.dtype != np.int64 or code.shape != (1,) or not 0 <= code[0] < len(mpc.context.COMPARISONS):
+                raise ValueError
+            return cls(ModelRanges.from_array(ranges), mpc.context.COMPARISONS[int(code[0])])
+        except ValueError:
+            raise TransportError("the server sent malformed session terms") from None
 
 
 def dealer_fetch(dealer_link) -> Callable:
@@ -90,18 +125,14 @@ def zero_params(config: ModelConfig) -> Any:
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes)
 
 
-def client_setup(link, dealer_link, max_len: int) -> tuple[ModelRanges, dict]:
+def client_setup(link, dealer_link, max_len: int) -> tuple[SessionTerms, dict]:
     """The client's session set-up: asks the server for a cache of `max_len` rows with a
-    fresh pairwise key, receives the model's ranges; returns them and the client's keys."""
+    fresh pairwise key, receives the session's terms; returns them and the client's keys."""
     k01 = os.urandom(KEY_BYTES)
     link.send([np.asarray([max_len], np.int64), np.frombuffer(k01, np.uint8)])
-    (ranges,) = link.recv()
-    try:
-        ranges = ModelRanges.from_array(ranges)
-    except ValueError:
-        raise TransportError("the server sent malformed model ranges") from None
+    terms = SessionTerms.from_message(link.recv())
     keys = {CLIENT: dealer_key(dealer_link), "pairwise": k01, ("own", CLIENT): os.urandom(KEY_BYTES)}
-    return ranges, keys
+    return terms, keys
 
 
 class RemoteSession(SecureSession):
@@ -110,22 +141,22 @@ class RemoteSession(SecureSession):
     (new links, keys and masks) on the programs this one compiled."""
 
     def __init__(self, config: ModelConfig, link, dealer_link, max_len: int,
-                 setup: tuple[ModelRanges, dict]) -> None:
+                 setup: tuple[SessionTerms, dict]) -> None:
         """`setup`: the result of `client_setup` on these links."""
-        ranges, keys = setup
+        terms, keys = setup
         self.link, self.dealer_link = link, dealer_link
         self.control_bytes = REQUEST_BYTES
         self._zeros = zero_params(config)
-        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), session_config(ranges))
+        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), terms.mpc_config())
         super().__init__(config, self._zeros, max_len=max_len, ctx=ctx, pad_widths=True)
-        self.ranges = ranges
+        self.terms, self.ranges = terms, terms.ranges
 
-    def restart(self, link, dealer_link, max_len: int, setup: tuple[ModelRanges, dict]) -> None:
+    def restart(self, link, dealer_link, max_len: int, setup: tuple[SessionTerms, dict]) -> None:
         """The next session, with `setup` from `client_setup` on its links (the same
-        model ranges as this one's: the same config, the same programs)."""
-        ranges, keys = setup
-        if ranges != self.ranges:
-            raise ValueError("a session restarts only with the same model ranges")
+        terms as this one's: the same config, the same programs)."""
+        terms, keys = setup
+        if terms != self.terms:
+            raise ValueError("a session restarts only with the same session terms")
         self.link, self.dealer_link, self.control_bytes = link, dealer_link, REQUEST_BYTES
         mpc.restart_party_context(self.ctx, link, keys, dealer_fetch(dealer_link))
         super().restart(self._zeros, max_len)
@@ -184,12 +215,12 @@ class ModelServer:
     one ran, and with cache rows and prefill widths bucketed the set of programs — and
     the server's memory — stays bounded however many sessions it serves."""
 
-    def __init__(self, config: ModelConfig, params: Any, ranges: ModelRanges, max_len_limit: int) -> None:
-        self.config, self.params, self.ranges, self.max_len_limit = config, params, ranges, max_len_limit
+    def __init__(self, config: ModelConfig, params: Any, terms: SessionTerms, max_len_limit: int) -> None:
+        self.config, self.params, self.terms, self.max_len_limit = config, params, terms, max_len_limit
         self._session: SecureSession | None = None
 
     def serve(self, link, dealer_link) -> dict:
-        """One session: set-up (the model's ranges to the client), then the client's
+        """One session: set-up (the session's terms to the client), then the client's
         commands until it closes. Returns public counts for the log (passes, cache
         length). After a failed session the next one starts on fresh programs (the
         failed one's may have stopped inside a host callback)."""
@@ -207,13 +238,13 @@ class ModelServer:
         if not 1 <= max_len <= self.max_len_limit:
             raise TransportError(f"the client asks for a cache of {max_len} rows; this server allows "
                                  f"1..{self.max_len_limit}")
-        link.send([self.ranges.to_array()])
+        link.send(self.terms.to_message())
         keys = {SERVER: dealer_key(dealer_link), "pairwise": bytes(first[1].astype(np.uint8)),
                 ("own", SERVER): os.urandom(KEY_BYTES)}
         fetch = dealer_fetch(dealer_link)
         sess = self._session
         if sess is None:
-            ctx = mpc.party_context(SERVER, link, keys, fetch, session_config(self.ranges))
+            ctx = mpc.party_context(SERVER, link, keys, fetch, self.terms.mpc_config())
             sess = SecureSession(self.config, self.params, max_len=max_len, ctx=ctx, pad_widths=True)
         else:
             mpc.restart_party_context(sess.ctx, link, keys, fetch)
