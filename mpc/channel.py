@@ -18,6 +18,7 @@ Methods (each is one round, all values in one call travel in that same round):
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -64,8 +65,26 @@ class SimChannel:
 
     parties: tuple[int, ...] = (CLIENT, SERVER)
 
+    dry = False  # `mpc.secure_jit`'s offline trace: nothing is sent, openings read as zeros
+
     def __init__(self, ledger: Ledger | None = None) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
+
+    @contextlib.contextmanager
+    def dry_run(self):
+        """While tracing: no message is sent or received (no host effect); an opening or a
+        received value reads as zeros. The offline program of `mpc.secure_jit` traces the
+        protocol this way: it keeps only the dealer's draws, which never depend on the
+        values a protocol opens."""
+        self.dry = True
+        try:
+            yield
+        finally:
+            self.dry = False
+
+    @staticmethod
+    def _zeros(items) -> list[jax.Array]:
+        return [jnp.zeros(x.shape, DTYPE) for x, _, _ in items]
 
     def _guard(self, xs) -> None:
         if not self.ledger.capturing and any(isinstance(getattr(x, "v", x), jax.core.Tracer) for x in xs):
@@ -113,7 +132,8 @@ class SimChannel:
         self._guard(xs)
         nbytes = sum(_nbytes([x], width) for x, width in items)
         self._record_open(op, nbytes, to)
-        out = self._combine([(x, isinstance(x, Shared), _low(width)) for x, width in items], to)
+        items = [(x, isinstance(x, Shared), _low(width)) for x, width in items]
+        out = self._zeros(items) if self.dry else self._combine(items, to)
         at = own
         for rider in riders:
             rider.land(out[at:at + len(rider.payload)])
@@ -141,10 +161,13 @@ class SimChannel:
         n = _nbytes(likes, bits)
         self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 0 if piggyback else 1,
                            kind=kind)
-        vs = make()
-        vs = [vs] if single else list(vs)
-        self._guard(vs)
-        vs = [jnp.asarray(v) for v in vs]
+        if self.dry:
+            vs = [jnp.zeros(lk.shape, lk.dtype) for lk in likes]
+        else:
+            vs = make()
+            vs = [vs] if single else list(vs)
+            self._guard(vs)
+            vs = [jnp.asarray(v) for v in vs]
         return vs[0] if single else vs
 
     def dealer(self, op: str, bytes0: int, bytes1: int) -> None:
@@ -261,7 +284,9 @@ class PartyChannel(SimChannel):
         self.ledger.record(op, n if src == CLIENT else 0, n if src == SERVER else 0, 0 if piggyback else 1,
                            kind=kind)
         sizes = [int(np.prod(lk.shape, dtype=np.int64)) for lk in likes]
-        if src == self.me:
+        if self.dry:
+            vs = [jnp.zeros(lk.shape, lk.dtype) for lk in likes]
+        elif src == self.me:
             vs = make()
             vs = [jnp.asarray(v) for v in ([vs] if single else vs)]
             self._guard(vs)

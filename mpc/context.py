@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -75,11 +76,16 @@ class Context:
     (`mpc.runtime.party_context`)."""
 
     def __init__(self, config: MPCConfig = MPCConfig(), seed: bytes | None = None,
-                 ledger: Ledger | None = None, channel=None, dealer=None) -> None:
+                 ledger: Ledger | None = None, channel=None, dealer=None, split: bool = False) -> None:
+        """`split`: run every `secure_jit` program as an offline program (the dealer's
+        draws and corrections) and an online one (the protocol, the material as inputs),
+        each timed in `phase_seconds`; bit-identical to the unsplit program."""
         self.config = config
         self.ledger = ledger if ledger is not None else Ledger()
         self.channel = channel if channel is not None else SimChannel(self.ledger)
         self.dealer = dealer if dealer is not None else Dealer(self.channel, seed=seed)
+        self.split = split
+        self.phase_seconds = {"offline": 0.0, "online": 0.0}
         self._programs: dict[Any, tuple[Any, list]] = {}
 
     @property
@@ -109,6 +115,33 @@ class Context:
         return decode(ring, x.frac) if x.frac else ring.astype(np.int64)
 
 
+def _ready(compiled):
+    if isinstance(compiled, tuple):
+        return tuple(_ready(c) for c in compiled)
+    return compiled.result() if isinstance(compiled, concurrent.futures.Future) else compiled
+
+
+def _lower_offline(ctx: Context, fn: Callable, args, static):
+    """The offline program of `fn` (lowered) and the shapes of its material: `fn` traced
+    with the dealer recording its draws and the channel dry (no message; openings read as
+    zeros), the draws' results as the only outputs — XLA drops the protocol's own
+    arithmetic, which nothing depends on. Its ledger entries are the online program's."""
+    def offline(*a):
+        drawn: list = []
+        with ctx.dealer.recording(drawn), ctx.channel.dry_run():
+            fn(ctx, *a, **static)
+        return drawn
+
+    with ctx.ledger.capture():
+        lowered = jax.jit(offline).lower(*args)
+    return lowered, lowered.out_info
+
+
+def _replayed(ctx: Context, fn: Callable, material, args, static):
+    with ctx.dealer.replaying(material):
+        return fn(ctx, *args, **static)
+
+
 def restart_party_context(ctx: Context, link, keys: dict, fetch: Callable) -> None:
     """Start party context `ctx`'s next session on the programs it has compiled: the new
     session's link, keys and dealer `fetch` (as for `party_context`), a fresh ledger.
@@ -127,14 +160,16 @@ def restart_party_context(ctx: Context, link, keys: dict, fetch: Callable) -> No
 
 
 def party_context(party: int, link, keys: dict, fetch: Callable, config: MPCConfig = MPCConfig(),
-                  ledger: Ledger | None = None) -> Context:
+                  ledger: Ledger | None = None, split: bool = False) -> Context:
     """Party `party`'s side of a session: its end of the client–server `link`, its own
     keys (its dealer key, the pairwise key, its private key), and `fetch(nonce, request,
     handles)`, which returns its corrections from the dealer. Shared tensors built here
-    hold this party's share only."""
+    hold this party's share only. `split`: as `Context`'s (the offline program asks the
+    dealer for the corrections; the online one talks only to the peer)."""
     ledger = ledger if ledger is not None else Ledger()
     channel = PartyChannel(ledger, link, party)
-    return Context(config, ledger=ledger, channel=channel, dealer=PartyDealer(channel, party, keys, fetch))
+    return Context(config, ledger=ledger, channel=channel, dealer=PartyDealer(channel, party, keys, fetch),
+                   split=split)
 
 
 def secure_jit(fn: Callable) -> Callable:
@@ -142,6 +177,12 @@ def secure_jit(fn: Callable) -> Callable:
 
     `args` is a pytree of arrays / shared tensors; keyword arguments are static (hashable)
     and part of the cache key.
+
+    With `ctx.split` the program runs as two (`split_program`): offline, the dealer's
+    draws and corrections (its outputs: the material); online, the protocol with the
+    material as inputs. The parties' values never reach the offline program, so it can
+    run ahead of them; each phase's wall time adds to `ctx.phase_seconds` (the call waits
+    for each phase to finish, to time it).
 
     `wrapped.precompile(ctx, *args, executor=None, **static)` traces the program without
     running it (args may be `jax.ShapeDtypeStruct` leaves) and returns its abstract
@@ -153,23 +194,39 @@ def secure_jit(fn: Callable) -> Callable:
     def program(ctx: Context, args, static, executor=None):
         leaves, tree = jax.tree_util.tree_flatten(args)
         sig = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
-        key = (fn, tree, sig, tuple(sorted(static.items())))
+        key = (fn, tree, sig, tuple(sorted(static.items())), ctx.split)
         if key not in ctx._programs:
-            jitted = jax.jit(lambda *a: fn(ctx, *a, **static))
-            with ctx.ledger.capture() as entries:
-                lowered = jitted.lower(*args)
-            compiled = executor.submit(lowered.compile) if executor is not None else lowered.compile()
+            compile_ = (lambda lo: executor.submit(lo.compile)) if executor is not None else (lambda lo: lo.compile())
+            if ctx.split:
+                offline, material = _lower_offline(ctx, fn, args, static)
+                online = jax.jit(lambda m, *a: _replayed(ctx, fn, m, a, static))
+                with ctx.ledger.capture() as entries:
+                    lowered = online.lower(material, *args)
+                compiled = (compile_(offline), compile_(lowered))
+            else:
+                with ctx.ledger.capture() as entries:
+                    lowered = jax.jit(lambda *a: fn(ctx, *a, **static)).lower(*args)
+                compiled = compile_(lowered)
             ctx._programs[key] = (compiled, entries, lowered.out_info)
         compiled, entries, out_info = ctx._programs[key]
-        if isinstance(compiled, concurrent.futures.Future) and executor is None:
-            compiled = compiled.result()
+        if executor is None:
+            compiled = _ready(compiled)
             ctx._programs[key] = (compiled, entries, out_info)
         return compiled, entries, out_info
 
     @functools.wraps(fn)
     def wrapped(ctx: Context, *args, **static):
         compiled, entries, _ = program(ctx, args, static)
-        out = compiled(*args)
+        if ctx.split:
+            offline, online = compiled
+            t0 = time.perf_counter()
+            material = jax.block_until_ready(offline(*args))
+            t1 = time.perf_counter()
+            out = jax.block_until_ready(online(material, *args))
+            ctx.phase_seconds["offline"] += t1 - t0
+            ctx.phase_seconds["online"] += time.perf_counter() - t1
+        else:
+            out = compiled(*args)
         ctx.ledger.extend(entries)
         return out
 

@@ -38,6 +38,7 @@ randomness and two requests never share a nonce.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import math
 import threading
@@ -543,19 +544,62 @@ class Dealer:
         kind = KINDS[req.kind]
         return kind.correct(req, words[CLIENT], words[SERVER], extra)
 
+    # --- offline/online split ------------------------------------------------------------
+    # `mpc.secure_jit` with `Context(split=True)` traces a program twice: once recording
+    # every draw's result (the offline program: the dealer's work, whose outputs are the
+    # material), once replaying them from the online program's inputs. Material never
+    # depends on the parties' values, so the two see the same draws in the same order.
+    _record: list | None = None
+    _replay: list | None = None
+
+    @contextlib.contextmanager
+    def recording(self, into: list):
+        """While tracing: append each draw's result (outputs, request number) to `into`."""
+        self._record = into
+        try:
+            yield
+        finally:
+            self._record = None
+
+    @contextlib.contextmanager
+    def replaying(self, material: list):
+        """While tracing: take each draw's result from `material` (what `recording` saw,
+        as traced inputs) instead of drawing."""
+        self._replay = list(material)
+        try:
+            yield
+            if self._replay:
+                raise RuntimeError(f"the online program used {len(material) - len(self._replay)} of "
+                                   f"{len(material)} pieces of offline material")
+        finally:
+            self._replay = None
+
+    def _drawn(self, draw: Callable):
+        """`draw()`'s result, recorded or replayed (see `recording`)."""
+        if self._replay is not None:
+            if not self._replay:
+                raise RuntimeError("the online program asked for more material than the offline one drew")
+            return self._replay.pop(0)
+        result = draw()
+        if self._record is not None:
+            self._record.append(result)
+        return result
+
     def material(self, req: Request, extra=None, handles: Sequence[jax.Array] = ()):
         """Party-by-party outputs of one request: ({p: outputs}, request number)."""
         kind = KINDS[req.kind]
-        n0, n1 = kind.words(req)
-        words, nonce = self._draw({CLIENT: n0, SERVER: n1}, lambda p: self.keys[p], handles, req)
-        corr = None
         to = kind.receivers
         if to:
             nbytes = correction_bytes(req)
             self.channel.dealer(req.kind, nbytes if CLIENT in to else 0, nbytes if SERVER in to else 0)
-            if any(p in to for p in self.parties):
-                corr = self._corrections(req, words, extra, handles)
-        return {p: kind.assemble(req, p, words[p], corr if p in to else None) for p in self.parties}, nonce
+
+        def draw():
+            n0, n1 = kind.words(req)
+            words, nonce = self._draw({CLIENT: n0, SERVER: n1}, lambda p: self.keys[p], handles, req)
+            corr = self._corrections(req, words, extra, handles) if any(p in to for p in self.parties) else None
+            return {p: kind.assemble(req, p, words[p], corr if p in to else None) for p in self.parties}, nonce
+
+        return self._drawn(draw)
 
     def _shared(self, outs, i: int, frac: int = 0) -> Shared:
         return local(self.parties, lambda p: outs[p][i], frac)
@@ -713,21 +757,21 @@ class Dealer:
     def pairwise_mask(self, shape) -> jax.Array:
         """Words both parties derive from their shared key k_01 (input sharing). No bytes."""
         n = _n(shape)
-        words, _ = self._draw({CLIENT: n, SERVER: n}, lambda p: self.keys["pairwise"])
+        words, _ = self._drawn(lambda: self._draw({CLIENT: n, SERVER: n}, lambda p: self.keys["pairwise"]))
         return words[self.parties[0]].reshape(shape)
 
     def own_random(self, shape) -> XorShared:
         """Words each party draws from its *own* key, as XOR shares of their XOR: uniform,
         known to neither party alone, nor to the dealer. No bytes."""
         n = _n(shape)
-        words, _ = self._draw({CLIENT: n, SERVER: n}, lambda p: self.keys[("own", p)])
+        words, _ = self._drawn(lambda: self._draw({CLIENT: n, SERVER: n}, lambda p: self.keys[("own", p)]))
         return local_xor(self.parties, lambda p: words[p].reshape(shape))
 
     def party_random(self, party: int, shape) -> jax.Array | None:
         """Party `party`'s own private random words (None at the other party)."""
         n = _n(shape)
-        words, _ = self._draw({CLIENT: n if party == CLIENT else 0, SERVER: n if party == SERVER else 0},
-                              lambda p: self.keys[("own", p)])
+        counts = {CLIENT: n if party == CLIENT else 0, SERVER: n if party == SERVER else 0}
+        words, _ = self._drawn(lambda: self._draw(counts, lambda p: self.keys[("own", p)]))
         return words[party].reshape(shape) if party in self.parties else None
 
 

@@ -33,12 +33,13 @@ def party_keys(keys: dict, p: int) -> dict:
     return {p: keys[p], "pairwise": keys["pairwise"], ("own", p): keys[("own", p)]}
 
 
-def run_parties(program, seed: bytes = SEED, config: mpc.MPCConfig = mpc.MPCConfig()):
+def run_parties(program, seed: bytes = SEED, config: mpc.MPCConfig = mpc.MPCConfig(), split: bool = False):
     """program(ctx, party) in both party contexts (two threads) -> [client's, server's]."""
     keys = session_keys(seed)
     maker = CorrectionMaker(keys, compiled=False)  # called inside the parties' own callbacks
     links = MemoryLink.pair(timeout_s=900)  # a party waits while its peer compiles
-    ctxs = [mpc.party_context(p, links[p], party_keys(keys, p), maker.correction, config) for p in PARTIES]
+    ctxs = [mpc.party_context(p, links[p], party_keys(keys, p), maker.correction, config, split=split)
+            for p in PARTIES]
     out, errors = [None, None], []
 
     def run(p):

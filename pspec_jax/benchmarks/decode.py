@@ -106,15 +106,22 @@ def _drafting_seconds(drafter, prompt, gamma, sampling, repeats=3) -> float:
 
 
 def secure_rows(private, drafter, name: str, prompts, shapes, tokens: int, sampling, privacy: str,
-                log=print) -> dict[str, Any]:
+                log=print, comparison: str = "kogge-stone") -> dict[str, Any]:
     """The secure runs: standard secure decoding (the baseline, per generated token of the
     decode phase) and POST with `drafter` per draft shape (`draft_shapes`; measured rows,
-    and each chain's cost of one step, drafting included, for the projections)."""
+    and each chain's cost of one step, drafting included, for the projections), with
+    every comparison by `comparison` (`mpc.MPCConfig.comparison`)."""
+    import dataclasses
+
     from pspec_jax.decode.secure import generate_secure
     from pspec_jax.secure import SecureSession
+    from pspec_jax.secure.ranges import calibrated_config
+    from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
 
     max_len = max(len(p) for p in prompts) + tokens + max(b for _, b in shapes) + 1
-    session = SecureSession(private.config, private.params, max_len=max_len)
+    config, _ = calibrated_config(private.config, private.params, private.tokenizer,
+                                  base=dataclasses.replace(DEFAULT_MPC_CONFIG, comparison=comparison))
+    session = SecureSession(private.config, private.params, max_len=max_len, mpc_config=config)
     # Warm-up: compile every program a measured decode step runs (the T = 1 pass and the
     # secure sample; per shape, its pass width(s) and the rejection program), so the
     # figures are steady-state compute. Prefill shapes compile during the runs but are not
@@ -331,10 +338,11 @@ def run_bench(args) -> dict:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if secure is None:
         prompts = heldout_prompts(private.tokenizer, args.prompts)
+        comparison = getattr(args, "comparison", "kogge-stone")
         secure = secure_rows(private, aligned, aligned.name, prompts, shapes, args.tokens, sampling,
-                             args.privacy, log=log)
-        secure["settings"] = {"tokens": args.tokens, "prompts": args.prompts,
-                              "temperature": args.temperature, "privacy": args.privacy}
+                             args.privacy, log=log, comparison=comparison)
+        secure["settings"] = {"tokens": args.tokens, "prompts": args.prompts, "temperature": args.temperature,
+                              "privacy": args.privacy, "comparison": comparison}
         out_dir.mkdir(parents=True, exist_ok=True)
         costs_path.write_text(json.dumps(secure, indent=1))
     n_plain, plain_tokens = (2, 16) if args.quick else (6, 32)

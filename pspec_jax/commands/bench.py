@@ -14,14 +14,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="skip the largest shapes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--out", default="out", help="folder for plots (default: out)")
+    parser.add_argument("--comparison", choices=["kogge-stone", "dcf"], default="kogge-stone",
+                        help="forward and decode: how comparisons run: kogge-stone (default, little dealer data) "
+                             "or dcf (function secret sharing: one round each, larger dealer keys)")
     forward = parser.add_argument_group("forward (one secure pass over T tokens)")
     forward.add_argument("--private", metavar="MODEL", default=None,
                          help="the private model: DEFAULT (the fine-tune), base, or an HF folder / .gguf")
     forward.add_argument("--shape", default=None,
                          help="instead, random weights of a real shape: gpt2-small, smollm2-135m, d960, llama7b-layer")
-    forward.add_argument("--comparison", choices=["kogge-stone", "dcf"], default="kogge-stone",
-                         help="how comparisons run: kogge-stone (default, little dealer data) or dcf "
-                              "(function secret sharing: one round each, larger dealer keys)")
     decode = parser.add_argument_group("decode (POST vs standard secure decoding)")
     decode.add_argument("--gammas", type=int, nargs="*", default=None,
                         help="chains of γ drafts per step (default 4 8)")
