@@ -440,13 +440,13 @@ def _dcf_msb_correct(req, w0, w1, extra):
     """DCF keys for the sign of n-bit values (`mpc.dcf.msb_keygen`, ℓ-bit outputs) under
     r = r_0 + r_1 mod 2^n, each party's root seed and r_p its own words: the correction
     words only, the same to both parties — 8·N·W bytes to EACH party for N elements,
-    W = `dcf.correction_words(n − 1, ℓ)` = 2(n − 1) + ⌈(ℓ·n + 2(n − 1))/64⌉ words per
-    element (31 at n = 16, ℓ = 1; 129 at n = 64)."""
+    W = `dcf.correction_words(n − 1, ℓ)` words per element (21 at n = 16, ℓ = 1; 119 at
+    n = 64; the module docstring of `mpc.dcf`)."""
     bits, out_bits = req.args
     (root0, r0), (root1, r1) = _dcf_msb_split(req, w0), _dcf_msb_split(req, w1)
     r = (r0 + r1) & np.uint64((1 << bits) - 1 if bits < 64 else 2**64 - 1)
     key0, _ = dcf.msb_keygen(jnp.stack([root0, root1]), r, n_bits=bits, out_bits=out_bits)
-    return [dcf.pack_corrections(key0, out_bits=out_bits)]
+    return [dcf.pack_corrections(key0, n_bits=bits - 1, out_bits=out_bits)]
 
 
 def _dcf_msb_assemble(req, p, w, corr):

@@ -26,14 +26,14 @@ def bench(n_bits: int, count: int, out_bits: int, repeats: int) -> dict:
     keygen_s = median_seconds(lambda: dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits),
                                repeats)
     key0, key1 = dcf.dcf_keygen(roots, alpha, beta, n_bits=n_bits, out_bits=out_bits)
-    eval_s = median_seconds(lambda: dcf.dcf_eval(0, key0, x, out_bits=out_bits), repeats)
-    total = (np.asarray(dcf.dcf_eval(0, key0, x, out_bits=out_bits))
-             + np.asarray(dcf.dcf_eval(1, key1, x, out_bits=out_bits))) & np.uint64((1 << out_bits) - 1)
+    eval_s = median_seconds(lambda: dcf.dcf_eval(0, key0, x, n_bits=n_bits, out_bits=out_bits), repeats)
+    total = (np.asarray(dcf.dcf_eval(0, key0, x, n_bits=n_bits, out_bits=out_bits))
+             + np.asarray(dcf.dcf_eval(1, key1, x, n_bits=n_bits, out_bits=out_bits))) & np.uint64((1 << out_bits) - 1)
     if not np.array_equal(total, np.where(x < alpha, beta & np.uint64((1 << out_bits) - 1), 0)):
         raise AssertionError(f"DCF shares do not reconstruct at n = {n_bits}")
     return {"n_bits": n_bits, "out_bits": out_bits, "count": count, "repeats": repeats,
             "keygen_us_per_element": 1e6 * keygen_s / count, "eval_us_per_element": 1e6 * eval_s / count,
-            "eval_ns_per_prg_block": 1e9 * eval_s / (count * n_bits),
+            "eval_ns_per_prg_block": 1e9 * eval_s / (count * (n_bits - dcf.leaf_levels(n_bits, out_bits) + 1)),
             "key_bytes_per_element": dcf.key_bytes(n_bits, out_bits),
             "correction_bytes_per_element": dcf.correction_bits(n_bits, out_bits) / 8}
 

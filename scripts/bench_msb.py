@@ -33,7 +33,7 @@ def _split_seconds(bits: int, count: int, repeats: int) -> tuple[float, float]:
     r, x_hat = words[0] & mask, words[1] & mask
     keygen = jax.jit(lambda rw, rr: dcf.msb_keygen(rw, rr, n_bits=bits, out_bits=1))
     key0, _ = keygen(roots, r)
-    evaluate = jax.jit(lambda k, xh: dcf.msb_from_opened(0, k, xh, out_bits=1))
+    evaluate = jax.jit(lambda k, xh: dcf.msb_from_opened(0, k, xh, n_bits=bits, out_bits=1))
     return median_seconds(lambda: keygen(roots, r), repeats), median_seconds(lambda: evaluate(key0, x_hat), repeats)
 
 

@@ -116,7 +116,7 @@ def test_dcf_random_and_boundary_inputs(n_bits, out_bits):
     one = np.uint64(1)
     for x in [alpha, (alpha - one) & top, (alpha + one) & top, np.zeros_like(alpha), np.full_like(alpha, top),
               _uniform(rng, n_bits, N)]:
-        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, x, out_bits=out_bits),
+        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, x, n_bits=n_bits, out_bits=out_bits),
                                       np.where(x < alpha, beta, 0))
 
 
@@ -131,7 +131,7 @@ def test_dcf_offset(n_bits, out_bits):
     one = np.uint64(1)
     for x in [alpha, (alpha - one) & top, (alpha + one) & top, np.zeros_like(alpha), np.full_like(alpha, top),
               _uniform(rng, n_bits, N)]:
-        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, x, out_bits=out_bits),
+        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, x, n_bits=n_bits, out_bits=out_bits),
                                       (np.where(x < alpha, beta, 0) + gamma) & _mask(out_bits))
 
 
@@ -141,7 +141,7 @@ def test_dcf_party_may_be_traced():
     alpha, beta, x = _uniform(rng, 8, N), _uniform(rng, 16, N), _uniform(rng, 8, N)
     keys = dcf.dcf_keygen(_root_words(N, request=3), alpha, beta, n_bits=8, out_bits=16)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), *keys)
-    shares = jax.jit(jax.vmap(lambda p, k: dcf.dcf_eval(p, k, x, out_bits=16)))(jnp.arange(2), stacked)
+    shares = jax.jit(jax.vmap(lambda p, k: dcf.dcf_eval(p, k, x, n_bits=8, out_bits=16)))(jnp.arange(2), stacked)
     np.testing.assert_array_equal(np.asarray(shares[0] + shares[1]) & _mask(16), np.where(x < alpha, beta, 0))
 
 
@@ -152,7 +152,7 @@ def test_dcf_exhaustive_over_8_bits():
     keys = dcf.dcf_keygen(_root_words(N, request=1), alpha, beta, n_bits=8, out_bits=16)
     for x in range(256):
         points = np.full(N, x, np.uint64)
-        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, points, out_bits=16),
+        np.testing.assert_array_equal(_reconstruct(dcf.dcf_eval, keys, points, n_bits=8, out_bits=16),
                                       np.where(x < alpha, beta, 0), err_msg=f"x = {x}")
 
 
@@ -160,7 +160,7 @@ def test_dcf_one_key_alone_reconstructs_nothing():
     """A party's share alone is not f(x): with β = 1 the shares are far from 0/1."""
     alpha = np.full(N, 100, np.uint64)
     keys = dcf.dcf_keygen(_root_words(N, request=2), alpha, np.ones(N, np.uint64), n_bits=8, out_bits=64)
-    share = np.asarray(dcf.dcf_eval(0, keys[0], np.full(N, 5, np.uint64), out_bits=64))
+    share = np.asarray(dcf.dcf_eval(0, keys[0], np.full(N, 5, np.uint64), n_bits=8, out_bits=64))
     assert np.mean(share <= 1) < 0.01
 
 
@@ -176,9 +176,22 @@ def _leaky_keygen(root_words, alpha, beta, *, n_bits, out_bits):
     """A broken keygen: the control-bit corrections t_cw^L = α_i ⊕ 1, t_cw^R = α_i without
     the pseudorandom t's that should mask them — each key then carries α in clear."""
     k0, k1 = dcf.dcf_keygen(root_words, alpha, beta, n_bits=n_bits, out_bits=out_bits)
-    bits = np.asarray(dcf._bits_msb_first(alpha, n_bits)).astype(np.uint8)
+    m = k0.cw_seed.shape[0]  # tree levels (the leaf table holds the last ν bits of α)
+    bits = np.asarray(dcf._bits_msb_first(np.asarray(alpha) >> np.uint64(n_bits - m), m)).astype(np.uint8)
     leaked = (bits ^ 1) | (bits << 1)
     return k0._replace(cw_bits=leaked), k1._replace(cw_bits=leaked)
+
+
+def _leaky_leaf_keygen(root_words, alpha, beta, *, n_bits, out_bits):
+    """A broken keygen: the leaf table's correction without the leaf tables that should
+    mask it — the truth table of 1{j < α mod 2^ν}·β in clear."""
+    k0, k1 = dcf.dcf_keygen(root_words, alpha, beta, n_bits=n_bits, out_bits=out_bits)
+    nu, slot = dcf.leaf_levels(n_bits, out_bits), 1 << (out_bits - 1).bit_length()
+    clear = np.zeros(k0.cw_leaf.shape, np.uint64)
+    for j in range(2**nu):  # slot j of the table: β where j < α mod 2^ν
+        entry = np.where(j < (np.asarray(alpha) & np.uint64(2**nu - 1)), np.asarray(beta), np.uint64(0))
+        clear[j * slot // 64] |= entry << np.uint64(j * slot % 64)
+    return k0._replace(cw_leaf=jnp.asarray(clear)), k1._replace(cw_leaf=jnp.asarray(clear))
 
 
 def _min_column_pvalue(packed: np.ndarray) -> float:
@@ -188,11 +201,13 @@ def _min_column_pvalue(packed: np.ndarray) -> float:
     return float(stats.chisquare(counts, axis=1).pvalue.min())
 
 
-# n = 16, ℓ = 16: the bit string is 16·17 + 32 = 304 bits, a whole number of bytes, so no
-# zero padding skews the last byte.
-@pytest.mark.parametrize("keygen,uniform", [(dcf.dcf_keygen, True), (_leaky_keygen, False)])
+# n = 17, ℓ = 16: 12 tree levels and a 32-entry leaf table; the bit string is
+# 16·(12 + 32) + 24 = 728 bits, a whole number of bytes, so no zero padding skews the last
+# byte.
+@pytest.mark.parametrize("keygen,uniform", [(dcf.dcf_keygen, True), (_leaky_keygen, False),
+                                            (_leaky_leaf_keygen, False)])
 def test_keys_look_uniform_whatever_alpha(keygen, uniform):
-    n_bits, out_bits, count = 16, 16, 4096
+    n_bits, out_bits, count = 17, 16, 4096
     rng = np.random.default_rng(5)
     beta = _uniform(rng, out_bits, count)
     pvalues = []
@@ -200,10 +215,10 @@ def test_keys_look_uniform_whatever_alpha(keygen, uniform):
                                      np.full(count, 0x5A5A, np.uint64)]):
         keys = keygen(_root_words(count, request=10 + request), alpha, beta, n_bits=n_bits, out_bits=out_bits)
         for key in keys:
-            packed = np.asarray(dcf.pack_key(key, out_bits=out_bits))
+            packed = np.asarray(dcf.pack_key(key, n_bits=n_bits, out_bits=out_bits))
             assert packed.shape == (count, dcf.key_bytes(n_bits, out_bits))
             pvalues.append(_min_column_pvalue(packed))
-    # 6 × 310 byte positions: Bonferroni at family-wise 1e-4 for the honest keys.
+    # 6 × 299 byte positions: Bonferroni at family-wise 1e-4 for the honest keys.
     threshold = 1e-4 / (6 * dcf.key_bytes(n_bits, out_bits))
     if uniform:
         assert min(pvalues) > threshold, pvalues
@@ -244,9 +259,10 @@ def test_lt_from_opened_unsigned_and_signed(n_bits, out_bits):
     threshold[2::5] = np.uint64(1 << (n_bits - 1))
     threshold[3::5] = x[3::5]  # x = c
     keys = dcf.lt_keygen(_root_words(N, request=20), r, n_bits=n_bits, out_bits=out_bits)
-    unsigned = _reconstruct(dcf.lt_from_opened, keys, x_hat, threshold, out_bits=out_bits)
+    unsigned = _reconstruct(dcf.lt_from_opened, keys, x_hat, threshold, n_bits=n_bits, out_bits=out_bits)
     np.testing.assert_array_equal(unsigned, (x < threshold).astype(np.uint64))
-    signed = _reconstruct(dcf.lt_from_opened, keys, x_hat, threshold, out_bits=out_bits, signed=True)
+    signed = _reconstruct(dcf.lt_from_opened, keys, x_hat, threshold, n_bits=n_bits, out_bits=out_bits,
+                          signed=True)
     expect = np.array(_signed(x, n_bits), object) < np.array(_signed(threshold, n_bits), object)
     np.testing.assert_array_equal(signed, expect.astype(np.uint64))
 
@@ -260,8 +276,9 @@ def test_msb_and_drelu_from_opened(n_bits, out_bits):
     for a, b in zip(keys[0][1:], keys[1][1:]):  # msb(r) folded in: the correction words are common
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     negative = (np.array(_signed(x, n_bits)) < 0).astype(np.uint64)
-    np.testing.assert_array_equal(_reconstruct(dcf.msb_from_opened, keys, x_hat, out_bits=out_bits), negative)
-    np.testing.assert_array_equal(_reconstruct(dcf.drelu_from_opened, keys, x_hat, out_bits=out_bits), 1 - negative)
+    np.testing.assert_array_equal(_reconstruct(dcf.msb_from_opened, keys, x_hat, n_bits=n_bits, out_bits=out_bits), negative)
+    np.testing.assert_array_equal(_reconstruct(dcf.drelu_from_opened, keys, x_hat, n_bits=n_bits,
+                                                                out_bits=out_bits), 1 - negative)
 
 
 def test_comparisons_exhaustive_over_9_and_8_bits():
@@ -269,14 +286,14 @@ def test_comparisons_exhaustive_over_9_and_8_bits():
     lt over every (x, r) of 8 bits for thresholds at and around the boundaries."""
     r = np.arange(N, dtype=np.uint64) | (np.arange(N, dtype=np.uint64) & np.uint64(1)) << np.uint64(8)
     keys = dcf.msb_keygen(_root_words(N, request=40), r, n_bits=9, out_bits=8)
-    msb = jax.jit(lambda x_hat: _reconstruct(dcf.msb_from_opened, keys, x_hat, out_bits=8, on=jnp))
+    msb = jax.jit(lambda x_hat: _reconstruct(dcf.msb_from_opened, keys, x_hat, n_bits=9, out_bits=8, on=jnp))
     for x in range(512):
         got = np.asarray(msb((np.uint64(x) + r) & _mask(9)))
         np.testing.assert_array_equal(got, np.full(N, x >= 256, np.uint64), err_msg=f"x = {x}")
 
     r = np.arange(N, dtype=np.uint64)
     keys = dcf.lt_keygen(_root_words(N, request=41), r, n_bits=8, out_bits=8)
-    lt = jax.jit(lambda x_hat, c: _reconstruct(dcf.lt_from_opened, keys, x_hat, c, out_bits=8, on=jnp))
+    lt = jax.jit(lambda x_hat, c: _reconstruct(dcf.lt_from_opened, keys, x_hat, c, n_bits=8, out_bits=8, on=jnp))
     for c in (0, 1, 128, 255):
         for x in range(256):
             got = np.asarray(lt((np.uint64(x) + r) & _mask(8), np.uint64(c)))
@@ -289,18 +306,23 @@ def test_key_size_and_pack_round_trip(n_bits, out_bits):
     rng = np.random.default_rng(n_bits)
     alpha, beta = _uniform(rng, n_bits, N), _uniform(rng, out_bits, N)
     keys = dcf.dcf_keygen(_root_words(N, request=50), alpha, beta, n_bits=n_bits, out_bits=out_bits)
-    bits = 128 * (n_bits + 1) + out_bits * (n_bits + 1) + 2 * n_bits  # the documented count
+    nu = dcf.leaf_levels(n_bits, out_bits)
+    m = n_bits - nu  # tree levels; the leaf table (2^ν slots) replaces ν more
+    slot = 1 << (out_bits - 1).bit_length()  # ℓ rounded up to a power of two
+    assert 2**nu * slot <= 512 and (nu == n_bits or 2**(nu + 1) * slot > 512)  # as many as one block holds
+    bits = 128 * (m + 1) + (out_bits + 2) * m + 2**nu * slot  # the documented count
     assert dcf.key_bits(n_bits, out_bits) == bits
     assert dcf.correction_bits(n_bits, out_bits) == bits - 128
     assert dcf.key_bytes(n_bits, out_bits) == -(-bits // 8)
     # The in-memory fields hold exactly those bits: seeds, values below 2^ℓ, 2 control bits.
     k0 = keys[0]
-    assert k0.seed.shape == (4, N) and k0.cw_seed.shape == (n_bits, 4, N)
-    assert k0.cw_value.shape == (n_bits, N) and k0.cw_final.shape == (N,)
-    assert int(jnp.max(k0.cw_value)) <= int(_mask(out_bits)) and int(jnp.max(k0.cw_bits)) <= 3
+    assert k0.seed.shape == (4, N) and k0.cw_seed.shape == (m, 4, N) and k0.cw_value.shape == (m, N)
+    assert k0.cw_leaf.shape == (dcf.leaf_words(n_bits, out_bits), N)
+    assert np.all(np.asarray(k0.cw_value) <= _mask(out_bits))
+    assert np.all(np.asarray(k0.cw_bits) <= 3)
     x = _uniform(rng, n_bits, N)
     for p, key in enumerate(keys):
-        packed = dcf.pack_key(key, out_bits=out_bits)
+        packed = dcf.pack_key(key, n_bits=n_bits, out_bits=out_bits)
         assert packed.shape == (N, dcf.key_bytes(n_bits, out_bits)) and packed.dtype == jnp.uint8
         back = dcf.unpack_key(packed, n_bits=n_bits, out_bits=out_bits)
         for a, b in zip(back, key):
@@ -308,8 +330,9 @@ def test_key_size_and_pack_round_trip(n_bits, out_bits):
         pad = 8 * dcf.key_bytes(n_bits, out_bits) - bits
         if pad:  # the zero padding of the last byte
             assert int(jnp.max(packed[:, -1] >> (8 - pad))) == 0
-    shares = [dcf.dcf_eval(p, dcf.unpack_key(dcf.pack_key(k, out_bits=out_bits), n_bits=n_bits,
-                                             out_bits=out_bits), x, out_bits=out_bits) for p, k in enumerate(keys)]
+    shares = [dcf.dcf_eval(p, dcf.unpack_key(dcf.pack_key(k, n_bits=n_bits, out_bits=out_bits), n_bits=n_bits,
+                                             out_bits=out_bits), x, n_bits=n_bits, out_bits=out_bits)
+              for p, k in enumerate(keys)]
     np.testing.assert_array_equal(np.asarray(shares[0] + shares[1]) & _mask(out_bits), np.where(x < alpha, beta, 0))
 
 
@@ -321,7 +344,7 @@ def test_correction_words_round_trip(n_bits, out_bits):
     roots = _root_words(N, request=60)
     keys = dcf.dcf_keygen(roots, _uniform(rng, n_bits, N), _uniform(rng, out_bits, N), n_bits=n_bits,
                           out_bits=out_bits)
-    words = dcf.pack_corrections(keys[0], out_bits=out_bits)
+    words = dcf.pack_corrections(keys[0], n_bits=n_bits, out_bits=out_bits)
     assert words.shape == (N, dcf.correction_words(n_bits, out_bits)) and words.dtype == jnp.uint64
     assert 64 * (dcf.correction_words(n_bits, out_bits) - 1) < dcf.correction_bits(n_bits, out_bits) + 63
     for p, key in enumerate(keys):
@@ -331,29 +354,32 @@ def test_correction_words_round_trip(n_bits, out_bits):
 
 
 def test_key_sizes_documented_examples():
-    assert dcf.correction_words(15, 1) == 31 and dcf.correction_words(63, 1) == 129
-    assert dcf.key_bytes(16, 1) == 279 and dcf.key_bytes(64, 64) == 1576
-    assert dcf.key_bits(16, 1) == 2225
+    assert dcf.correction_words(15, 1) == 21 and dcf.correction_words(63, 1) == 119
+    assert dcf.key_bytes(16, 1) == 195 and dcf.key_bytes(64, 64) == 1560
+    assert dcf.key_bits(16, 1) == 1557
 
 
 @pytest.mark.parametrize("n_bits,out_bits", [(15, 1), (31, 64), (20, 37)])
 def test_correction_words_follow_the_documented_bit_string(n_bits, out_bits):
-    """The wire layout, rebuilt with Python integers: after the seed words, v_cw per level,
-    CW_{n+1} (ℓ bits each), then t^L, t^R per level, as one little-endian bit string over
-    whole words (fields straddle word boundaries when ℓ does not divide 64)."""
+    """The wire layout, rebuilt with Python integers: after the seed words, v_cw (ℓ bits)
+    per tree level, t^L, t^R per tree level, then CW_leaf's 2^ν slots, as one little-endian
+    bit string over whole words (fields straddle word boundaries when ℓ does not divide
+    64)."""
     rng = np.random.default_rng(n_bits * out_bits)
     count = 8
     keys = dcf.dcf_keygen(_root_words(count, request=70), _uniform(rng, n_bits, count),
                           _uniform(rng, out_bits, count), n_bits=n_bits, out_bits=out_bits)
     key = jax.tree.map(np.asarray, keys[0])
-    words = np.asarray(dcf.pack_corrections(keys[0], out_bits=out_bits))
+    words = np.asarray(dcf.pack_corrections(keys[0], n_bits=n_bits, out_bits=out_bits))
     for e in range(count):
         string, pos = 0, 0
-        for value in [*key.cw_value[:, e], key.cw_final[e]]:
+        for value in key.cw_value[:, e]:
             string |= int(value) << pos
             pos += out_bits
         for bits in key.cw_bits[:, e]:
             string |= (int(bits) & 1) << pos | (int(bits) >> 1 & 1) << (pos + 1)
             pos += 2
-        rest = words[e, 2 * n_bits:]
+        for w, word in enumerate(key.cw_leaf[:, e]):
+            string |= int(word) << (pos + 64 * w)
+        rest = words[e, 2 * key.cw_seed.shape[0]:]  # after the m seed corrections
         assert sum(int(w) << (64 * i) for i, w in enumerate(rest)) == string

@@ -46,7 +46,7 @@ def test_dealer_r_is_the_mask_the_protocol_opens_against():
     ctx = mpc.Context(seed=b"fss-r")
     r, keys = ctx.dealer.msb_keys((N,), 16)  # request 0
     np.testing.assert_array_equal(np.asarray(ctx.channel.open("r", r, ring_bits=16)), _dealer_r(b"fss-r", 0, N, 16))
-    assert keys[CLIENT].cw_seed.shape == (15, 4, N)
+    assert keys[CLIENT].cw_seed.shape == (6, 4, N) and keys[CLIENT].cw_leaf.shape == (8, N)
     for a, b in zip(keys[CLIENT][1:], keys[SERVER][1:]):  # the correction words: the same for both
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -134,10 +134,12 @@ def test_online_and_dealer_bytes_and_rounds(bits):
     assert [(e.bytes0, e.bytes1, e.rounds) for e in on] == [(want["online_bytes"],) * 2 + (1,)]
     assert want["online_bytes"] == -(-bits * n // 8)
     assert [(e.bytes0, e.bytes1) for e in dealt] == [(want["dealer_bytes"],) * 2]  # the same to each party
-    per_element = {8: 8 * (14 + 1), 16: 8 * (30 + 1), 32: 8 * (62 + 2), 64: 8 * (126 + 3)}[bits]
+    per_element = {8: 8 * 2, 16: 8 * (12 + 9), 32: 8 * (44 + 10), 64: 8 * (108 + 11)}[bits]
     assert want["dealer_bytes"] == per_element * n
-    # the documented words per element: 2(n − 1) + ⌈(3n − 2)/64⌉ at ℓ = 1
-    assert dcf.correction_words(bits - 1, 1) == 2 * (bits - 1) + -(-(3 * bits - 2) // 64)
+    # the documented words per element at ℓ = 1: m = n − 1 − 9 tree levels (none below
+    # n = 10) and a leaf table of 2^min(n − 1, 9) bits: 2m + ⌈(3m + 2^ν)/64⌉
+    m, nu = max(0, bits - 10), min(bits - 1, 9)
+    assert dcf.correction_words(bits - 1, 1) == 2 * m + -(-(3 * m + 2**nu) // 64)
     assert correction_bytes(Request("dcf_msb", ((4, 25),), (bits, 1))) == per_element * n
     # the packed words hold the correction bits with less than one word of padding
     assert 8 * per_element - dcf.correction_bits(bits - 1, 1) < 64
@@ -203,7 +205,8 @@ def test_dealer_process_correction_equals_in_graph():
     ctx = mpc.Context(seed=b"fss-compiled")
     _, sim_keys = ctx.dealer.msb_keys((2, 3), 12)  # request 0
     words = CorrectionMaker(keys, compiled=True).correction(0, Request("dcf_msb", ((2, 3),), (12, 1)), [])
-    np.testing.assert_array_equal(words.reshape(6, -1), np.asarray(dcf.pack_corrections(sim_keys[SERVER], out_bits=1)))
+    want = dcf.pack_corrections(sim_keys[SERVER], n_bits=11, out_bits=1)
+    np.testing.assert_array_equal(words.reshape(6, -1), np.asarray(want))
 
 
 @pytest.mark.slow  # ~2 min on 2 cores: a whole secure forward compiles

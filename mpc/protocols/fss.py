@@ -12,15 +12,16 @@ Output form: the DCF's output group is Z_2 (ℓ = 1), whose additive shares *are
 shares of the bit, so `msb_dcf` returns the same `XorShared` bit-0 word as the
 Kogge–Stone `msb` and every caller (`select_bit`, `b2a`, the XOR algebra of interval
 bits in `mpc.protocols.nonlinear`) works unchanged; ℓ = 1 is also the smallest key.
-Callers that want the bit in Z_{2^64} pay b2a's round as before — folding that into the
-DCF (ℓ = 64, a larger key) is a per-op rebuild, not done here.
+Callers that want the bit in Z_{2^64} without b2a's round use `msb_dcf_begin(arithmetic=
+True)`: keys with outputs in Z_{2^64} (ℓ = 64, larger keys, a 3-level leaf table).
 
 Costs per party for N elements of n examined bits:
   msb_dcf: 1 round, ⌈n·N/8⌉ online bytes (x̂ mod 2^n); dealer bytes 8·N·W to each
-           party, W = `mpc.dcf.correction_words(n − 1, 1)` = 2(n − 1) + ⌈(3n − 2)/64⌉
-           (248 B per element at n = 16, 512 at n = 32, 1,032 at n = 64); compute
-           n − 1 ChaCha20 blocks per element per party (plus 2(n − 1) for the dealer's
-           key generation, in-graph in the simulation).
+           party, W = `mpc.dcf.correction_words(n − 1, 1)` = 2m + ⌈(3m + 2^ν)/64⌉ for
+           ν = min(n − 1, 9) leaf levels and m = n − 1 − ν tree levels (at most 2
+           words per element at n ≤ 8, 21 at n = 16, 54 at n = 32, 119 at n = 64); compute
+           m + 1 ChaCha20 blocks per element per party (plus 2(m + 1) for the dealer's
+           key generation: offline with `mpc.Context(split=True)`, in-graph otherwise).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def msb_dcf_begin(ctx: Context, x: Shared, bits: int, arithmetic: bool = False) 
 
     def finish(opened):
         flat = opened[0].reshape(-1)
-        bit = lambda p: dcf.msb_from_opened(p, keys[p], flat, out_bits=out_bits).reshape(x.shape)  # noqa: E731
+        bit = lambda p: dcf.msb_from_opened(p, keys[p], flat, n_bits=bits,
+                                                 out_bits=out_bits).reshape(x.shape)  # noqa: E731
         return local(ctx.parties, bit) if arithmetic else local_xor(ctx.parties, bit)
 
     return Rider([(x.with_frac(0) + r, bits)], finish)  # x̂ uniform mod 2^n

@@ -22,21 +22,27 @@ import mpc
 TOKENS = (1, 2, 4, 8, 16)
 
 
-def time_pass(session, T: int, context: int, repeats: int) -> tuple[float, list[float], "mpc.Ledger"]:
+def time_pass(session, T: int, context: int, repeats: int,
+              phases: list | None = None) -> tuple[float, list[float], "mpc.Ledger"]:
     """One secure pass over T new tokens with the cache at `context` rows, run
     `repeats` + 1 times (rolled back to `context` before each). Returns the seconds of the
     first (compiling) pass, the seconds of the `repeats` later ones, and the ledger of one
-    pass (identical for every call: it depends only on shapes)."""
+    pass (identical for every call: it depends only on shapes). A split session
+    (`mpc.Context(split=True)`) appends each later pass's (offline, online) seconds to
+    `phases`."""
     ids = jnp.arange(T, dtype=jnp.int32) % session.config.vocab_size
     first, times = 0.0, []
     for i in range(repeats + 1):
         session.rollback(0)
         session.cache = session.cache.rollback(context)
         mark = session.ledger.snapshot()
+        before = dict(session.ctx.phase_seconds)
         t0 = time.perf_counter()
         session.forward(ids)
         if i:  # the first pass compiles
             times.append(time.perf_counter() - t0)
+            if phases is not None:
+                phases.append(tuple(session.ctx.phase_seconds[k] - before[k] for k in ("offline", "online")))
         else:
             first = time.perf_counter() - t0
     return first, times, session.ledger.since(mark)
@@ -67,10 +73,16 @@ def forward_rows(bundle, context: int = 64, tokens=TOKENS, repeats: int = 3, ses
                                        tokenizer=bundle.tokenizer)
     rows = []
     for T in tokens:
-        _, times, one = time_pass(session, T, context, repeats)
+        phases: list = []
+        _, times, one = time_pass(session, T, context, repeats, phases)
         t = one.totals()
         compute = statistics.median(times)
-        rows.append({"T": T, "compute_s": compute, "bytes_per_party": t.bytes_per_party, "rounds": t.rounds,
+        split = {}
+        if session.ctx.split:  # the dealer's work (offline) apart from the parties' (online)
+            split = {"offline_s": statistics.median(p[0] for p in phases),
+                     "online_s": statistics.median(p[1] for p in phases)}
+        rows.append({"T": T, "compute_s": compute, **split, "bytes_per_party": t.bytes_per_party,
+                     "rounds": t.rounds, "dealer_bytes_per_party": one.totals("dealer").bytes_per_party,
                      "lan_s": compute + mpc.network("lan").seconds(one),
                      "wan_s": compute + mpc.network("wan").seconds(one)})
     base = rows[0]
@@ -120,7 +132,7 @@ def run_bench(args) -> dict:
                                        base=dataclasses.replace(DEFAULT_MPC_CONFIG,
                                                                 comparison=getattr(args, "comparison", "kogge-stone")))
     session = SecureSession(bundle.config, bundle.params, max_len=context + max(tokens), mpc_config=config,
-                            tokenizer=bundle.tokenizer)
+                            tokenizer=bundle.tokenizer, split=True)
     session.ranges = ranges
     fidelity = fidelity_row(session, bundle)
     rows = forward_rows(bundle, context, tokens, repeats=args.repeats if args.repeats < 5 else 3, session=session)

@@ -80,14 +80,16 @@ class SecureSession:
 
     def __init__(self, config: ModelConfig, params: Any, max_len: int | None = None,
                  mpc_config: mpc.MPCConfig | None = None, seed: bytes | None = None,
-                 ctx: mpc.Context | None = None, tokenizer: Any = None, pad_widths: bool = False) -> None:
+                 ctx: mpc.Context | None = None, tokenizer: Any = None, pad_widths: bool = False,
+                 split: bool = False) -> None:
         """`params`: the private weights (the server; zeros of their shapes at a client
         process, which never holds them). `ctx`: a party process's context
         (`mpc.party_context`); by default a simulated session keyed from `seed`, whose
         config (`mpc_config`) is by default calibrated on `params`
         (`pspec_jax.secure.ranges`, with `tokenizer`'s calibration text). `pad_widths`:
         passes longer than 16 tokens (prefills) run at a bucketed width (`pass_width`), so
-        a long-lived process compiles a bounded set of programs whatever the prompts."""
+        a long-lived process compiles a bounded set of programs whatever the prompts.
+        `split`: the simulated session runs offline and online programs (`mpc.Context`)."""
         from pspec_jax.secure.ranges import calibrated_config
 
         self.config = config
@@ -95,7 +97,7 @@ class SecureSession:
         if ctx is None:
             if mpc_config is None:
                 mpc_config, self.ranges = calibrated_config(config, params, tokenizer)
-            ctx = mpc.Context(mpc_config, seed=seed)
+            ctx = mpc.Context(mpc_config, seed=seed, split=split)
         self.ctx = ctx
         self.ops = SecureOps(self.ctx)
         self.pad_widths = pad_widths
