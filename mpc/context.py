@@ -178,7 +178,7 @@ def secure_jit(fn: Callable) -> Callable:
     `args` is a pytree of arrays / shared tensors; keyword arguments are static (hashable)
     and part of the cache key.
 
-    With `ctx.split` the program runs as two (`split_program`): offline, the dealer's
+    With `ctx.split` the program runs as two (`_lower_offline`): offline, the dealer's
     draws and corrections (its outputs: the material); online, the protocol with the
     material as inputs. The parties' values never reach the offline program, so it can
     run ahead of them; each phase's wall time adds to `ctx.phase_seconds` (the call waits
