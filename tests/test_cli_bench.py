@@ -123,6 +123,9 @@ def test_bench_forward_on_a_model_folder(capsys, tiny_folder, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert [r["T"] for r in out["forward"]] == [1, 2, 4]
+    for row in out["forward"]:  # the split session's offline and online parts of each pass
+        assert 0 < row["online_s"] <= row["compute_s"] and 0 < row["offline_s"] <= row["compute_s"]
+        assert row["dealer_bytes_per_party"] > 0 and row["bytes_per_party"] > 0
     (fid,) = out["fidelity"]
     assert fid["max_abs_logit_err"] < 0.1 and fid["top1_agree"] >= 0.75
     assert out["ranges"][0]["logit_spread"] > 0

@@ -379,12 +379,12 @@ def test_fault_model_fingerprint_mismatch(net):
 def test_fault_protocol_version_mismatch(net):
     """A peer speaking another protocol version is refused by the real server, with the reason."""
     from mpc.transport import HandshakeError, connect
-    from pspec_jax.runtime.session import model_fingerprint
+    from pspec_jax.runtime.session import PROTOCOL_VERSION, model_fingerprint
 
-    with pytest.raises(HandshakeError, match=r"^server speaks protocol pspec/1, client pspec/0$"):
+    with pytest.raises(HandshakeError, match=rf"^server speaks protocol {PROTOCOL_VERSION}, client pspec/0$"):
         connect("127.0.0.1", net.sport, role="client", peer_role="server", tls=None, session_id=os.urandom(16),
                 version="pspec/0", fingerprint=model_fingerprint(net.config), timeout_s=30)
-    net.server.wait_for(r"refused a client: client speaks protocol pspec/0, server pspec/1", timeout=30)
+    net.server.wait_for(rf"refused a client: client speaks protocol pspec/0, server {PROTOCOL_VERSION}", timeout=30)
 
 
 def test_fault_garbage_connection(net):
