@@ -13,7 +13,9 @@ JSON is rewritten after every section, so a run killed by a timeout keeps what i
   env       jax version, devices, x64
   forward   secure passes over T new tokens (default T = 1, 8, 9) after a prefill
             (chunks of 8 tokens without logits, reusing the T = 8 program): set-up, compile
-            (first call minus a later one), compute (median), online bytes per party,
+            (first call minus a later one), compute (median; split into the offline
+            program, the dealer's material, and the online one, which has no dealer host
+            callback: `mpc.Context(split=True)`), online bytes per party,
             rounds, modelled lan / wan / dc seconds (`mpc.network`), as `pspec bench
             forward` (`pspec_jax.benchmarks.forward.time_pass`)
   verify    POST's rejection over (γ+1) × V shared logits (`speculative_verify` strict at
@@ -176,7 +178,7 @@ def session_section(cfg, params) -> None:
 
     max_len = max(ARGS.max_len, ARGS.prefill + max(ARGS.tokens))
     t0 = time.perf_counter()
-    session = SecureSession(cfg, params, max_len=max_len)
+    session = SecureSession(cfg, params, max_len=max_len, split=True)
     setup_wall = time.perf_counter() - t0
     setup = session.ledger.totals("setup")
     RESULT["setup"] = {"setup_s": session.setup_s, "session_s": setup_wall,
@@ -215,8 +217,8 @@ def prefill_section(cfg) -> None:
     STATE["context"] = session.length
 
 
-FORWARD_COLS = ["T", "context", "first_call_s", "compile_s", "compute_s", "compute_min_s", "bytes_per_party",
-                "rounds", "lan_s", "wan_s", "dc_s", "compute_s/T1", "wan_s/T1"]
+FORWARD_COLS = ["T", "context", "first_call_s", "compile_s", "compute_s", "offline_s", "online_s", "compute_min_s",
+                "bytes_per_party", "rounds", "lan_s", "wan_s", "dc_s", "compute_s/T1", "wan_s/T1"]
 
 
 @section("secure forward passes (SecureSession.forward)")
@@ -230,10 +232,12 @@ def forward_section(tokens) -> None:
     rows = RESULT.setdefault("forward", [])
     passes = STATE.setdefault("pass", {})
     for T in tokens:
-        first, times, one = time_pass(session, T, context, ARGS.repeats)
+        phases: list = []
+        first, times, one = time_pass(session, T, context, ARGS.repeats, phases)
         compute = statistics.median(times)
         r = {"T": T, "context": context, "first_call_s": first, "compile_s": max(first - compute, 0.0),
-             **cost_fields(compute, one), "compute_min_s": min(times), "times_s": times}
+             **cost_fields(compute, one), "compute_min_s": min(times), "times_s": times,
+             "offline_s": statistics.median(p[0] for p in phases), "online_s": statistics.median(p[1] for p in phases)}
         base = next((x for x in rows if x["T"] == 1), r)
         r["compute_s/T1"] = r["compute_s"] / base["compute_s"]
         r["wan_s/T1"] = r["wan_s"] / base["wan_s"]
