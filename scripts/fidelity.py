@@ -23,6 +23,7 @@ is printed: this is the evaluation harness, run on public prompts.
     .venv/bin/python scripts/fidelity.py [--tokens 32] [--prompts 8] [--json out/fidelity.json]
     .venv/bin/python scripts/fidelity.py --teacher-forced 16 18   # one secure pass per prompt,
         # per scale of the server's block weights, side by side (`teacher_forced`)
+    .venv/bin/python scripts/fidelity.py --teacher-forced 16 --comparison dcf  # with DCF comparisons
 
 Cost: one secure pass per token (~8 s for SmolLM2 on 2 cores, plus each prompt length's
 compilation) — 45 minutes and a 13 GB peak for 8 prompts x 32 tokens. The test suite's slow test (tests/test_secure_fidelity.py) checks
@@ -158,7 +159,7 @@ def evaluate(bundle, prompts, n_tokens: int, seed: bytes | None = None, log=prin
 
 
 def teacher_forced(bundle, prompts, n_tokens: int, weight_frac_bits: int | None = None,
-                   seed: bytes | None = None) -> dict:
+                   seed: bytes | None = None, comparison: str = "kogge-stone") -> dict:
     """The same positions as `evaluate`, by teacher forcing: per prompt the plain model
     decodes greedily, then ONE secure pass over prompt + continuation gives the secure
     logits at every position at once. The model is causal, so the secure logits at i
@@ -170,7 +171,8 @@ def teacher_forced(bundle, prompts, n_tokens: int, weight_frac_bits: int | None 
     Every sequence is extended to one common length, so all passes share one compiled
     program; only the `n_tokens` positions after each prompt are scored. `weight_frac_bits`:
     the server's block weights at that scale (`mpc.MPCConfig.weight_frac_bits`; default
-    the session's). Returns {"equal", "total", "max_logit_err", "rows": [{kind, equal,
+    the session's); `comparison`: how comparisons run (`mpc.MPCConfig.comparison`). Returns
+    {"equal", "total", "max_logit_err", "rows": [{kind, equal,
     max_logit_err, disagreements: [{position, plain_top2_gap, logit_err}]}], "seconds"}.
     """
     import dataclasses
@@ -184,6 +186,7 @@ def teacher_forced(bundle, prompts, n_tokens: int, weight_frac_bits: int | None 
     length = max(len(ids) for _, ids in encoded) + n_tokens
     plain = plain_logits_fn(bundle, pad_to=length)
     config, _ = calibrated_config(bundle.config, bundle.params, tok)
+    config = dataclasses.replace(config, comparison=comparison)
     if weight_frac_bits is not None:
         config = dataclasses.replace(config, weight_frac_bits=weight_frac_bits)
     session = SecureSession(bundle.config, bundle.params, max_len=length, mpc_config=config, seed=seed)
@@ -238,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-forced", type=int, nargs="+", metavar="WEIGHT_FRAC", default=None,
                     help="teacher-forced check instead of real decoding, once per given scale of the "
                          "server's block weights (fractional bits), side by side")
+    ap.add_argument("--comparison", choices=["kogge-stone", "dcf"], default="kogge-stone",
+                    help="with --teacher-forced: how comparisons run (default kogge-stone)")
     args = ap.parse_args(argv)
     from pspec_jax.models import load_default_private
 
@@ -246,7 +251,8 @@ def main(argv=None) -> int:
     if args.teacher_forced:
         results = {}
         for bits in args.teacher_forced:
-            r = results[bits] = teacher_forced(bundle, PROMPTS[:args.prompts], args.tokens, bits)
+            r = results[bits] = teacher_forced(bundle, PROMPTS[:args.prompts], args.tokens, bits,
+                                               comparison=args.comparison)
             print(f"weight bits {bits}: top-1 equal {r['equal']}/{r['total']}, max abs logit error "
                   f"{r['max_logit_err']:.4f} ({r['seconds']:.0f} s); per prompt: "
                   + "; ".join(f"{x['kind']} {x['equal']} err {x['max_logit_err']:.4f}" for x in r["rows"]),
