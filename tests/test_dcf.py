@@ -276,9 +276,10 @@ def test_msb_and_drelu_from_opened(n_bits, out_bits):
     for a, b in zip(keys[0][1:], keys[1][1:]):  # msb(r) folded in: the correction words are common
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     negative = (np.array(_signed(x, n_bits)) < 0).astype(np.uint64)
-    np.testing.assert_array_equal(_reconstruct(dcf.msb_from_opened, keys, x_hat, n_bits=n_bits, out_bits=out_bits), negative)
-    np.testing.assert_array_equal(_reconstruct(dcf.drelu_from_opened, keys, x_hat, n_bits=n_bits,
-                                                                out_bits=out_bits), 1 - negative)
+    msb = _reconstruct(dcf.msb_from_opened, keys, x_hat, n_bits=n_bits, out_bits=out_bits)
+    np.testing.assert_array_equal(msb, negative)
+    drelu = _reconstruct(dcf.drelu_from_opened, keys, x_hat, n_bits=n_bits, out_bits=out_bits)
+    np.testing.assert_array_equal(drelu, 1 - negative)
 
 
 def test_comparisons_exhaustive_over_9_and_8_bits():
