@@ -122,7 +122,7 @@ def _ready(compiled):
 
 
 def _lower_offline(ctx: Context, fn: Callable, args, static):
-    """The offline program of `fn` (lowered) and the shapes of its material: `fn` traced
+    """The offline program of `fn`, lowered (its `out_info`: the material's shapes): `fn` traced
     with the dealer recording its draws and the channel dry (no message; openings read as
     zeros), the draws' results as the only outputs — XLA drops the protocol's own
     arithmetic, which nothing depends on. Its ledger entries are the online program's."""
@@ -133,8 +133,7 @@ def _lower_offline(ctx: Context, fn: Callable, args, static):
         return drawn
 
     with ctx.ledger.capture():
-        lowered = jax.jit(offline).lower(*args)
-    return lowered, lowered.out_info
+        return jax.jit(offline).lower(*args)
 
 
 def _replayed(ctx: Context, fn: Callable, material, args, static):
@@ -198,10 +197,10 @@ def secure_jit(fn: Callable) -> Callable:
         if key not in ctx._programs:
             compile_ = (lambda lo: executor.submit(lo.compile)) if executor is not None else (lambda lo: lo.compile())
             if ctx.split:
-                offline, material = _lower_offline(ctx, fn, args, static)
+                offline = _lower_offline(ctx, fn, args, static)
                 online = jax.jit(lambda m, *a: _replayed(ctx, fn, m, a, static))
                 with ctx.ledger.capture() as entries:
-                    lowered = online.lower(material, *args)
+                    lowered = online.lower(offline.out_info, *args)
                 compiled = (compile_(offline), compile_(lowered))
             else:
                 with ctx.ledger.capture() as entries:

@@ -78,9 +78,7 @@ class SessionTerms:
             raise ValueError(f"comparison must be one of {mpc.context.COMPARISONS}, got {self.comparison!r}")
 
     def mpc_config(self) -> mpc.MPCConfig:
-        from pspec_jax.secure.session import DEFAULT_MPC_CONFIG
-
-        return session_config(self.ranges, dataclasses.replace(DEFAULT_MPC_CONFIG, comparison=self.comparison))
+        return dataclasses.replace(session_config(self.ranges), comparison=self.comparison)
 
     def to_message(self) -> list[np.ndarray]:
         return [self.ranges.to_array(), np.asarray([mpc.context.COMPARISONS.index(self.comparison)], np.int64)]
