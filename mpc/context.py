@@ -12,7 +12,6 @@ through ordered host callbacks (see `mpc.dealer`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -27,6 +26,7 @@ from mpc.dealer import Dealer, PartyDealer
 from mpc.fixed import FixedPoint, decode
 from mpc.ledger import Ledger
 from mpc.shares import CLIENT, Shared, local
+from mpc.stages import StagedProgram
 
 
 COMPARISONS = ("kogge-stone", "dcf")
@@ -86,6 +86,7 @@ class Context:
         self.dealer = dealer if dealer is not None else Dealer(self.channel, seed=seed)
         self.split = split
         self.phase_seconds = {"offline": 0.0, "online": 0.0}
+        self.compile_seconds = 0.0  # tracing, cutting and compiling (or loading) its programs
         self._programs: dict[Any, tuple[Any, list]] = {}
 
     @property
@@ -115,17 +116,11 @@ class Context:
         return decode(ring, x.frac) if x.frac else ring.astype(np.int64)
 
 
-def _ready(compiled):
-    if isinstance(compiled, tuple):
-        return tuple(_ready(c) for c in compiled)
-    return compiled.result() if isinstance(compiled, concurrent.futures.Future) else compiled
-
-
-def _lower_offline(ctx: Context, fn: Callable, args, static):
-    """The offline program of `fn`, lowered (its `out_info`: the material's shapes): `fn` traced
-    with the dealer recording its draws and the channel dry (no message; openings read as
-    zeros), the draws' results as the only outputs — XLA drops the protocol's own
-    arithmetic, which nothing depends on. Its ledger entries are the online program's."""
+def _offline(ctx: Context, fn: Callable, args, static) -> StagedProgram:
+    """The offline program of `fn`: `fn` traced with the dealer recording its draws and the
+    channel dry (no message; openings read as zeros), the draws' results as the only
+    outputs — the protocol's own arithmetic, which nothing depends on, is dropped. Its
+    ledger entries are the online program's."""
     def offline(*a):
         drawn: list = []
         with ctx.dealer.recording(drawn), ctx.channel.dry_run():
@@ -133,7 +128,7 @@ def _lower_offline(ctx: Context, fn: Callable, args, static):
         return drawn
 
     with ctx.ledger.capture():
-        return jax.jit(offline).lower(*args)
+        return StagedProgram(offline, args)
 
 
 def _replayed(ctx: Context, fn: Callable, material, args, static):
@@ -177,7 +172,7 @@ def secure_jit(fn: Callable) -> Callable:
     `args` is a pytree of arrays / shared tensors; keyword arguments are static (hashable)
     and part of the cache key.
 
-    With `ctx.split` the program runs as two (`_lower_offline`): offline, the dealer's
+    With `ctx.split` the program runs as two (`_offline`): offline, the dealer's
     draws and corrections (its outputs: the material); online, the protocol with the
     material as inputs. The parties' values never reach the offline program, so it can
     run ahead of them; each phase's wall time adds to `ctx.phase_seconds` (the call waits
@@ -195,29 +190,25 @@ def secure_jit(fn: Callable) -> Callable:
         sig = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
         key = (fn, tree, sig, tuple(sorted(static.items())), ctx.split)
         if key not in ctx._programs:
-            compile_ = (lambda lo: executor.submit(lo.compile)) if executor is not None else (lambda lo: lo.compile())
+            t0 = time.perf_counter()
             if ctx.split:
-                offline = _lower_offline(ctx, fn, args, static)
-                online = jax.jit(lambda m, *a: _replayed(ctx, fn, m, a, static))
+                offline = _offline(ctx, fn, args, static)
                 with ctx.ledger.capture() as entries:
-                    lowered = online.lower(offline.out_info, *args)
-                compiled = (compile_(offline), compile_(lowered))
+                    online = StagedProgram(lambda m, *a: _replayed(ctx, fn, m, a, static), (offline.out_info, *args))
+                programs = (offline.compile(executor), online.compile(executor))
             else:
                 with ctx.ledger.capture() as entries:
-                    lowered = jax.jit(lambda *a: fn(ctx, *a, **static)).lower(*args)
-                compiled = compile_(lowered)
-            ctx._programs[key] = (compiled, entries, lowered.out_info)
-        compiled, entries, out_info = ctx._programs[key]
-        if executor is None:
-            compiled = _ready(compiled)
-            ctx._programs[key] = (compiled, entries, out_info)
-        return compiled, entries, out_info
+                    online = StagedProgram(lambda *a: fn(ctx, *a, **static), args)
+                programs = online.compile(executor)
+            ctx._programs[key] = (programs, entries, online.out_info)
+            ctx.compile_seconds += time.perf_counter() - t0
+        return ctx._programs[key]
 
     @functools.wraps(fn)
     def wrapped(ctx: Context, *args, **static):
-        compiled, entries, _ = program(ctx, args, static)
+        programs, entries, _ = program(ctx, args, static)
         if ctx.split:
-            offline, online = compiled
+            offline, online = programs
             t0 = time.perf_counter()
             material = jax.block_until_ready(offline(*args))
             t1 = time.perf_counter()
@@ -225,7 +216,7 @@ def secure_jit(fn: Callable) -> Callable:
             ctx.phase_seconds["offline"] += t1 - t0
             ctx.phase_seconds["online"] += time.perf_counter() - t1
         else:
-            out = compiled(*args)
+            out = programs(*args)
         ctx.ledger.extend(entries)
         return out
 

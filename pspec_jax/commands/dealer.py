@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 
+from pspec_jax.commands import enable_compilation_cache
 from pspec_jax.commands.netopts import add_party_arguments, address, party_options
 from pspec_jax.errors import UserError
 
@@ -21,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from pspec_jax.runtime.dealer import run_dealer
 
     host, port = address(args.listen, "--listen")
+    enable_compilation_cache()
     tls, emulate, _ = party_options(args, "dealer")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pspec").setLevel(logging.INFO)  # our one line per session; libraries stay quiet

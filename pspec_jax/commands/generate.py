@@ -383,7 +383,7 @@ def generate(args: argparse.Namespace) -> tuple[Any, GenerateRequest]:
     result with the request it ran (`pspec demo` checks it against plain decoding)."""
     import pspec_jax  # noqa: F401  (x64 flag)
     from pspec_jax.decode import Sampling
-    from pspec_jax.decode.common import enable_compilation_cache
+    from pspec_jax.commands import enable_compilation_cache
 
     # Everything argv can get wrong is checked before the models load (seconds to minutes).
     prompt = prompt_text(args)

@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 
+from pspec_jax.commands import enable_compilation_cache
 from pspec_jax.commands.netopts import add_party_arguments, address, party_options
 from pspec_jax.errors import UserError
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pspec_jax.runtime.session import SessionTerms
 
     host, port = address(args.listen, "--listen")
+    enable_compilation_cache()
     dealer = address(args.dealer, "--dealer")
     tls, emulate, emulate_dealer = party_options(args, "server")
     if args.max_len < 1 or (args.sessions is not None and args.sessions < 1):

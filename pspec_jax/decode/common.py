@@ -81,24 +81,6 @@ class GenerationResult:
         return d
 
 
-def enable_compilation_cache() -> None:
-    """Persists XLA compilations under $PSPEC_HOME/jax-cache (the CLI's one-shot runs then
-    skip the ~10 s of compiling SmolLM2's steps after the first run). Off when
-    PSPEC_NO_JIT_CACHE is set or a cache dir is already configured."""
-    import os
-
-    from pspec_jax.models.default import pspec_home
-
-    if os.environ.get("PSPEC_NO_JIT_CACHE") or jax.config.jax_compilation_cache_dir:
-        return
-    try:
-        path = pspec_home() / "jax-cache"
-        path.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(path))
-    except OSError:
-        pass  # a read-only home only costs compile time
-
-
 def clip_step_tokens(new: list[int], room: int, eos_id: int | None) -> tuple[list[int], bool]:
     """A speculative step's tokens cut to the `room` left in the budget and just after the
     first `eos_id`; and whether that eos came (the generation stops there)."""

@@ -273,6 +273,7 @@ def generate_post(private, drafter, prompt_ids: list[int], max_new_tokens: int =
         **total.to_json(tokens=len(run.tokens)), "prefill": prefill_rep.to_json(),
         "decode": decode_rep.to_json(tokens=max(1, len(run.tokens))),
         "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
+        "compile_seconds": round(session.ctx.compile_seconds, 3),  # this process's programs
         "privacy": privacy, **({"gamma": gamma} if tree is None else
                                {"tree": tree, "adaptive": tree_drafter.threshold > 0, "tree_kind": tree_drafter.kind,
                                 "nodes_per_step": nodes}),

@@ -108,6 +108,7 @@ def generate_secure(private, prompt_ids: list[int], max_new_tokens: int = 32,
         **total.to_json(tokens=len(out)), "prefill": prefill.to_json(),
         "decode": decode.to_json(tokens=max(1, len(out) - 1)),
         "setup": {"bytes_server": ledger.totals("setup").bytes1, "seconds": round(session.setup_s, 3)},
+        "compile_seconds": round(session.ctx.compile_seconds, 3),  # this process's programs
     }
     res = GenerationResult(mode="secure", tokens=out, steps=len(out), accepted_per_step=[], alpha_per_step=[],
                            seconds=decode_compute, prefill_seconds=prefill_compute, first_step_seconds=first_step_s,

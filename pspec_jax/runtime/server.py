@@ -50,8 +50,9 @@ def run_server(listener, dealer: tuple[str, int], config, params: Any, terms, *,
                                           emulate=emulate_dealer))
             counts = model.serve(client, dealer_link)
             ok += 1
-            log.info("session %s: done, %d secure passes, cache length %d, %.1f s, %d bytes sent to the client",
-                     sid, counts["passes"], counts["length"], time.perf_counter() - t0, link.stats.bytes_wire_sent)
+            log.info("session %s: done, %d secure passes, cache length %d, %.1f s (%.1f s compiling), "
+                     "%d bytes sent to the client", sid, counts["passes"], counts["length"],
+                     time.perf_counter() - t0, counts["compile_s"], link.stats.bytes_wire_sent)
         except Exception as err:  # noqa: BLE001 - one line per failed session, keep serving
             reason = failure_of(err, client, dealer_link)
             line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__

@@ -220,7 +220,7 @@ class ModelServer:
     def serve(self, link, dealer_link) -> dict:
         """One session: set-up (the session's terms to the client), then the client's
         commands until it closes. Returns public counts for the log (passes, cache
-        length). After a failed session the next one starts on fresh programs (the
+        length, seconds spent compiling). After a failed session the next one starts on fresh programs (the
         failed one's may have stopped inside a host callback)."""
         try:
             return self._serve(link, dealer_link)
@@ -248,7 +248,9 @@ class ModelServer:
             mpc.restart_party_context(sess.ctx, link, keys, fetch)
             sess.restart(self.params, max_len)
         self._session = sess
-        return _run_commands(sess, link, self.config.vocab_size, max_len)
+        compiled_before = sess.ctx.compile_seconds
+        counts = _run_commands(sess, link, self.config.vocab_size, max_len)
+        return {**counts, "compile_s": sess.ctx.compile_seconds - compiled_before}
 
 
 def _run_commands(sess: SecureSession, link, V: int, max_len: int) -> dict:
