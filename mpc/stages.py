@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -118,7 +120,7 @@ def _stage_function(ops: Sequence[_Op], ins: Sequence[int], outs: Sequence[int])
 
 @dataclasses.dataclass
 class _Stage:
-    fn: Callable          # the stage's function over its inputs (jitted when compiled)
+    fn: Callable          # the stage's function over its inputs (the whole program: its lowering)
     ins: list[int]        # the values it reads
     outs: list[int]       # the values it makes that later stages, callbacks or outputs read
     callbacks: list[_Op]  # the host step after it, in program order
@@ -134,10 +136,15 @@ class StagedProgram:
 
     def __init__(self, fn: Callable, args) -> None:
         leaves, self._in_tree = jax.tree_util.tree_flatten(args)
-        closed, out_shape = jax.make_jaxpr(lambda *xs: fn(*jax.tree_util.tree_unflatten(self._in_tree, xs)),
-                                           return_shape=True)(*leaves)
-        self.out_info = out_shape
-        self._out_tree = jax.tree_util.tree_structure(out_shape)
+        traced = jax.jit(lambda *xs: fn(*jax.tree_util.tree_unflatten(self._in_tree, xs))).trace(*leaves)
+        self.out_info = traced.out_info
+        closed = traced.jaxpr
+        # Without callbacks the program is its own only stage, lowered from this trace.
+        self._whole = None if any(map(_has_host_effect, closed.jaxpr.eqns)) else _Stage(traced.lower, [], [], [])
+        if self._whole is not None:
+            self._stages = [self._whole]
+            return
+        self._out_tree = jax.tree_util.tree_structure(traced.out_info)
         flat = _Flat()
         self._inputs = [flat.new(v.aval) for v in closed.jaxpr.invars]
         self._outputs = flat.add(closed.jaxpr, closed.consts, self._inputs)
@@ -228,32 +235,37 @@ class StagedProgram:
         return drops
 
     def compile(self, executor: concurrent.futures.Executor | None = None) -> "StagedProgram":
+        """Lower every stage here, compile them on `executor` (default: a pool of one thread
+        per core; XLA compiles outside the GIL) — waiting for them only without one."""
         jobs = []
         for stage in self._stages:
-            if stage.compiled is not None or not stage.outs:
-                continue
-            avals = [jax.ShapeDtypeStruct(self._avals[a].shape, self._avals[a].dtype,
-                                          weak_type=self._avals[a].weak_type) for a in stage.ins]
-            lowered = jax.jit(stage.fn).lower(*avals)
-            if executor is None:
-                stage.compiled = lowered.compile()
-            else:
-                jobs.append((stage, executor.submit(lowered.compile)))
+            if stage.compiled is None and (stage is self._whole or stage.outs):
+                lowered = self._lower(stage)
+                jobs.append((stage, (executor or _pool()).submit(lowered.compile, _compiler_options())))
         for stage, job in jobs:
-            stage.compiled = job
+            stage.compiled = job if executor is not None else job.result()
         return self
 
+    def _lower(self, stage: _Stage):
+        if stage is self._whole:
+            return stage.fn()
+        avals = [jax.ShapeDtypeStruct(self._avals[a].shape, self._avals[a].dtype, weak_type=self._avals[a].weak_type)
+                 for a in stage.ins]
+        return jax.jit(stage.fn).lower(*avals)
+
     def _ready(self, stage: _Stage):
-        if isinstance(stage.compiled, concurrent.futures.Future):
-            stage.compiled = stage.compiled.result()
         if stage.compiled is None:
             self.compile()
+        if isinstance(stage.compiled, concurrent.futures.Future):
+            stage.compiled = stage.compiled.result()
         return stage.compiled
 
     def __call__(self, *args):
         leaves, tree = jax.tree_util.tree_flatten(args)
         if tree != self._in_tree:
             raise TypeError(f"staged program called with {tree}, traced with {self._in_tree}")
+        if self._whole is not None:
+            return self._ready(self._whole)(*leaves)
         env: dict[int, Any] = dict(self._consts)
         env.update(zip(self._inputs, leaves))
         for s, stage in enumerate(self._stages):
@@ -267,6 +279,18 @@ class StagedProgram:
             for a in self._drops[s]:
                 env.pop(a, None)
         return jax.tree_util.tree_unflatten(self._out_tree, [_ref(env, a) for a in self._outputs])
+
+
+@functools.cache
+def _compiler_options() -> dict:
+    """LLVM at -O1 on CPU: measured on SmolLM2's passes (T = 1 and 8), the programs run as
+    fast as at XLA's default -O2 and compile ~15% faster (a party's small stages ~20%)."""
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else {}
+
+
+@functools.cache
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pspec-compile")
 
 
 def _checked(value, aval) -> np.ndarray:
