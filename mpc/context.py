@@ -156,8 +156,9 @@ def restart_party_context(ctx: Context, link, keys: dict, fetch: Callable) -> No
 def party_context(party: int, link, keys: dict, fetch: Callable, config: MPCConfig = MPCConfig(),
                   ledger: Ledger | None = None, split: bool = False) -> Context:
     """Party `party`'s side of a session: its end of the client–server `link`, its own
-    keys (its dealer key, the pairwise key, its private key), and `fetch(nonce, request,
-    handles)`, which returns its corrections from the dealer. Shared tensors built here
+    keys (its dealer key, the pairwise key, its private key), and `fetch([(nonce, request,
+    handles), ...])`, which returns their corrections from the dealer (`PartyDealer`: the
+    requests of one host step come together). Shared tensors built here
     hold this party's share only. `split`: as `Context`'s (the offline program asks the
     dealer for the corrections; the online one talks only to the peer)."""
     ledger = ledger if ledger is not None else Ledger()

@@ -783,8 +783,10 @@ def session_keys(seed: bytes | None = None) -> dict:
 
 class PartyDealer(Dealer):
     """One party's dealer material in a party process: its own words from its keys, its
-    corrections from the dealer (`fetch(nonce, request, handles) -> flat uint64 words`,
-    a blocking call to the dealer process)."""
+    corrections from the dealer (`fetch([(nonce, request, handles), ...]) -> [flat
+    uint64 words, ...]`, blocking calls to the dealer process; the requests of one host
+    step of a staged program (`mpc.stages`) come in one call, so a party process can
+    pipeline them)."""
 
     def __init__(self, channel, party: int, keys: dict, fetch: Callable) -> None:
         self.parties = (party,)
@@ -797,26 +799,48 @@ class PartyDealer(Dealer):
         self.keys, self._fetch, self._next = keys, fetch, 0
         self.channel.dealer("keys", KEY_BYTES, KEY_BYTES)
 
-    def _host_fetch(self, counts, key_of, req, handles):
-        flat = self._host_words(counts, key_of)
-        if req is None or self.parties[0] not in KINDS[req.kind].receivers:
-            return flat
-        corr = np.asarray(self._fetch(int(flat[-1]), req, [np.asarray(h) for h in handles]), np.uint64)
-        return np.concatenate([flat[:-1], corr, flat[-1:]])
+    def _fetch_many(self, calls) -> list[np.ndarray]:
+        """Host side of consecutive draws (`_Fetch`, with their handles): each one's words
+        and request number, in program order, and the corrections of those this party
+        receives, asked of the dealer together."""
+        flats = [self._host_words(f.counts, f.key_of) for f, _ in calls]
+        asks = [(i, (int(flats[i][-1]), f.req, [np.asarray(h) for h in handles]))
+                for i, (f, handles) in enumerate(calls)
+                if f.req is not None and self.parties[0] in KINDS[f.req.kind].receivers]
+        if asks:
+            for (i, _), corr in zip(asks, self._fetch([ask for _, ask in asks])):
+                flats[i] = np.concatenate([flats[i][:-1], np.asarray(corr, np.uint64), flats[i][-1:]])
+        return flats
 
     def _draw(self, counts, key_of, handles=(), req=None):
         (p,) = self.parties
         kind = KINDS[req.kind] if req is not None else None
         ncorr = correction_bytes(req) // 8 if kind is not None and p in kind.receivers else 0
         total = counts[p] + ncorr
-        flat = io_callback(lambda *h: self._host_fetch(counts, key_of, req, h),
-                           jax.ShapeDtypeStruct((total + 1,), DTYPE), *handles, ordered=True)
+        flat = io_callback(_Fetch(self, counts, key_of, req), jax.ShapeDtypeStruct((total + 1,), DTYPE), *handles,
+                           ordered=True)
         self._pending_corr = flat[counts[p]:total]
         return {p: flat[:counts[p]]}, flat[total].astype(jnp.int64)
 
     def _corrections(self, req, words, extra, handles):
         shapes = _correction_shapes(req)
         return _split(self._pending_corr, shapes)
+
+
+class _Fetch:
+    """The host callback of one draw in a party process (`PartyDealer._draw`). `batch`:
+    a staged program runs consecutive callbacks with the same `batch` as one call of it,
+    `batch([(callback, args), ...]) -> [result, ...]` (`mpc.stages`)."""
+
+    def __init__(self, dealer: PartyDealer, counts: dict, key_of: Callable, req: Request | None) -> None:
+        self.dealer, self.counts, self.key_of, self.req = dealer, counts, key_of, req
+
+    def __call__(self, *handles) -> np.ndarray:
+        return self.batch([(self, handles)])[0]
+
+    @property
+    def batch(self) -> Callable:
+        return self.dealer._fetch_many
 
 
 def _correction_shapes(req: Request) -> list[tuple[int, ...]]:
@@ -877,6 +901,10 @@ class CorrectionMaker:
             self._weight_masks[key] = self._words(SERVER, nonce, _n(drawn)).reshape(drawn)
         m = self._weight_masks[key]
         return m.T if transposed else m
+
+    def corrections(self, requests) -> list[np.ndarray]:
+        """`correction` of each (nonce, request, handles): a `PartyDealer`'s `fetch`."""
+        return [self.correction(nonce, req, handles) for nonce, req, handles in requests]
 
     def correction(self, nonce: int, req: Request, handles: Sequence[np.ndarray]) -> np.ndarray:
         kind = KINDS[req.kind]

@@ -260,6 +260,31 @@ class StagedProgram:
             stage.compiled = stage.compiled.result()
         return stage.compiled
 
+    def _host_step(self, callbacks: Sequence[_Op], env: dict) -> None:
+        """A host step's callbacks in program order; consecutive ones whose functions have
+        the same `batch` (a party's dealer requests) as one call `batch([(function, args),
+        ...]) -> [result, ...]`, which may overlap their round trips."""
+        i = 0
+        while i < len(callbacks):
+            batch, j = _batch_of(callbacks[i]), i + 1
+            while batch is not None and j < len(callbacks) and _batch_of(callbacks[j]) == batch:
+                j += 1
+            group = callbacks[i:j]
+            if batch is None:
+                results = [callbacks[i].eqn.params["callback"](*[_ref(env, a) for a in callbacks[i].ins])]
+            else:
+                calls = []
+                for op in group:
+                    flat_callback = op.eqn.params["callback"]
+                    args, _ = jax.tree_util.tree_unflatten(flat_callback.in_tree, [_ref(env, a) for a in op.ins])
+                    calls.append((flat_callback.callback_func, args))
+                results = [jax.tree_util.tree_leaves(r) for r in batch(calls)]
+            for op, result in zip(group, results):
+                for o, r, aval in zip(op.outs, result, op.eqn.params["result_avals"]):
+                    if o in self._read:
+                        env[o] = _checked(r, aval)
+            i = j
+
     def __call__(self, *args):
         leaves, tree = jax.tree_util.tree_flatten(args)
         if tree != self._in_tree:
@@ -271,11 +296,7 @@ class StagedProgram:
         for s, stage in enumerate(self._stages):
             if stage.outs:
                 env.update(zip(stage.outs, self._ready(stage)(*[env[a] for a in stage.ins])))
-            for op in stage.callbacks:
-                results = op.eqn.params["callback"](*[_ref(env, a) for a in op.ins])
-                for o, r, aval in zip(op.outs, results, op.eqn.params["result_avals"]):
-                    if o in self._read:
-                        env[o] = _checked(r, aval)
+            self._host_step(stage.callbacks, env)
             for a in self._drops[s]:
                 env.pop(a, None)
         return jax.tree_util.tree_unflatten(self._out_tree, [_ref(env, a) for a in self._outputs])
@@ -291,6 +312,10 @@ def _compiler_options() -> dict:
 @functools.cache
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pspec-compile")
+
+
+def _batch_of(op: _Op):
+    return getattr(op.eqn.params["callback"].callback_func, "batch", None)
 
 
 def _checked(value, aval) -> np.ndarray:

@@ -38,7 +38,7 @@ def run_parties(program, seed: bytes = SEED, config: mpc.MPCConfig = mpc.MPCConf
     keys = session_keys(seed)
     maker = CorrectionMaker(keys, compiled=False)  # called inside the parties' own callbacks
     links = MemoryLink.pair(timeout_s=900)  # a party waits while its peer compiles
-    ctxs = [mpc.party_context(p, links[p], party_keys(keys, p), maker.correction, config, split=split)
+    ctxs = [mpc.party_context(p, links[p], party_keys(keys, p), maker.corrections, config, split=split)
             for p in PARTIES]
     out, errors = [None, None], []
 
