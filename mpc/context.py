@@ -142,12 +142,12 @@ def restart_party_context(ctx: Context, link, keys: dict, fetch: Callable) -> No
 
     A compiled program reads the link, the keys and the dealer's request counter through
     the context's channel and dealer objects when it runs (never at trace time), so the
-    programs stay valid and a server compiles each shape once, not once per session. The
-    previous session's programs must have finished: this waits for their host effects.
+    programs stay valid and a server compiles each shape once, not once per session (a
+    staged program's messages are sent by the calling thread, so when a call returns, its
+    messages are out).
     """
     if not isinstance(ctx.dealer, PartyDealer):
         raise TypeError("only a party process's context restarts (a simulation makes a new one)")
-    jax.effects_barrier()
     ctx.ledger = Ledger()
     ctx.channel.rebind(link, ctx.ledger)
     ctx.dealer.restart(keys, fetch)

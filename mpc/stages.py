@@ -13,12 +13,15 @@ program again. `StagedProgram` traces the program once and cuts it at its callba
 * an operation runs in the earliest stage whose inputs are ready (the latest stage of
   its operands), and only if a callback or an output needs it.
 
-The host runs stage 0, the callbacks of step 0 in program order, stage 1, and so on.
-A stage is an ordinary jitted program without effects — what the persistent cache
-holds — and a program has about as many stages as rounds (each opening waits for the
-previous one's result). A program without callbacks is one stage: itself. Callbacks
-inside loops or conditionals cannot be cut out and are refused (the protocols unroll
-their rounds in Python); nested jitted functions that hold callbacks are inlined.
+The host runs stage 0, the callbacks of step 0 in program order, stage 1, and so on;
+no XLA thread ever waits on a socket. Consecutive callbacks of a step whose functions
+share a `batch` attribute run as one call of it (a party's dealer requests, which the
+runtime pipelines). A stage is an ordinary jitted program without effects — what the
+persistent cache holds — and a program has about as many stages as rounds (each
+opening waits for the previous one's result). A program without callbacks is one
+stage: itself. Callbacks inside loops or conditionals cannot be cut out and are
+refused (the protocols unroll their rounds in Python); nested jitted functions that
+hold callbacks are inlined.
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ import numpy as np
 from jax.extend import core
 
 _CALLBACK = "io_callback"
-_INLINED = {"jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+_INLINED = {"jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr"}
 
 
 def _has_host_effect(eqn) -> bool:

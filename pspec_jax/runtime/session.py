@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import struct
 from typing import Any, Callable
@@ -163,7 +162,7 @@ class RemoteSession(SecureSession):
         self.link, self.dealer_link = link, dealer_link
         self.control_bytes = REQUEST_BYTES
         self._zeros = zero_params(config)
-        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), terms.mpc_config())
+        ctx = mpc.party_context(CLIENT, link, keys, dealer_fetch(dealer_link), terms.mpc_config(), split=True)
         super().__init__(config, self._zeros, max_len=max_len, ctx=ctx, pad_widths=True)
         self.terms, self.ranges = terms, terms.ranges
 
@@ -178,9 +177,6 @@ class RemoteSession(SecureSession):
         super().restart(self._zeros, max_len)
 
     def _command(self, *words) -> None:
-        # JAX runs programs asynchronously: the previous program's host callbacks may still
-        # be sending on this link. The command must follow all of its messages.
-        jax.effects_barrier()
         self.link.send([np.asarray(words, np.int64)])
         self.control_bytes += 8 * len(words)
 
@@ -238,8 +234,8 @@ class ModelServer:
     def serve(self, link, dealer_link) -> dict:
         """One session: set-up (the session's terms to the client), then the client's
         commands until it closes. Returns public counts for the log (passes, cache
-        length, seconds spent compiling). After a failed session the next one starts on fresh programs (the
-        failed one's may have stopped inside a host callback)."""
+        length, seconds spent compiling). After a failed session the next one starts on a
+        fresh context (its programs load from the persistent compilation cache)."""
         try:
             return self._serve(link, dealer_link)
         except BaseException:
@@ -260,7 +256,7 @@ class ModelServer:
         fetch = dealer_fetch(dealer_link)
         sess = self._session
         if sess is None:
-            ctx = mpc.party_context(SERVER, link, keys, fetch, self.terms.mpc_config())
+            ctx = mpc.party_context(SERVER, link, keys, fetch, self.terms.mpc_config(), split=True)
             sess = SecureSession(self.config, self.params, max_len=max_len, ctx=ctx, pad_widths=True)
         else:
             mpc.restart_party_context(sess.ctx, link, keys, fetch)
@@ -276,9 +272,6 @@ def _run_commands(sess: SecureSession, link, V: int, max_len: int) -> dict:
     path = None  # the accepted path the last tree walk opened (the server keeps its own copy)
     passes = 0
     while True:
-        # The previous program may still be running asynchronously, its host callbacks
-        # receiving on this link: the next command comes only after all of them.
-        jax.effects_barrier()
         msg = link.recv()
         if len(msg) != 1 or msg[0].dtype != np.int64:
             raise TransportError("the client's command is malformed (a protocol message out of step?)")
@@ -319,22 +312,10 @@ def _run_commands(sess: SecureSession, link, V: int, max_len: int) -> dict:
             raise TransportError(f"unknown or malformed command {cmd[:4]}")
 
 
-class _QuietLinkFailures(logging.Filter):
-    """JAX logs the traceback of every exception raised inside a host callback; a link
-    failure there is reported by the session as one line (`failure_of`), so its traceback
-    must not reach the user's terminal. Other callback errors are still logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], TransportError))
-
-
-logging.getLogger("jax._src.callback").addFilter(_QuietLinkFailures())
-
-
 class Watched:
-    """A link that remembers its first transport failure: an error raised inside a host
-    callback reaches the caller wrapped by XLA, and the session reports the link's own
-    one-line reason instead."""
+    """A link that remembers its first transport failure: a session that fails reports
+    the failed link's own one-line reason (and the server tells its client when the
+    dealer's link failed)."""
 
     def __init__(self, link) -> None:
         self.link, self.failure = link, None
@@ -360,7 +341,8 @@ class Watched:
 
 
 def failure_of(err: BaseException, *links: Watched) -> BaseException:
-    """The transport failure behind `err` (possibly wrapped by XLA), or `err` itself."""
+    """The transport failure behind `err` (an error of the program it interrupted), or
+    `err` itself."""
     for link in links:
         if link is not None and link.failure is not None:
             return link.failure
