@@ -877,10 +877,9 @@ class CorrectionMaker:
     """
 
     def __init__(self, keys: dict, compiled: bool = True, programs: dict | None = None) -> None:
-        """`compiled=False`: run each correction eagerly, op by op (`jax.disable_jit`) — for
-        a maker called from inside another compiled program's host callback (in-process
-        tests), where compiling and running a nested program can deadlock on the one CPU
-        device (its execution threads are the ones blocked in the callbacks). `programs`:
+        """`compiled=False`: run each correction eagerly, op by op (`jax.disable_jit`) —
+        cheaper than compiling a program per request signature where few repeat
+        (in-process tests of small programs). `programs`:
         compiled corrections by request signature, shared by the sessions of a dealer
         process (they depend on the request's public description only), so a session
         compiles only the signatures no earlier one used."""
@@ -948,9 +947,7 @@ class CorrectionMaker:
             mask = operand_mask(rows, tuple(drawn[row_axes:]),
                                 lambda h, n: self._words(CLIENT, h, n) + self._words(SERVER, h, n))
             extra = mask.transpose(perm)
-        if not self.compiled:
-            # op by op, loops in Python (a DCF's key generation is a jitted scan): every op
-            # is small enough to run inline in the calling callback's thread
+        if not self.compiled:  # op by op, loops in Python (a DCF's key generation is a jitted scan)
             with jax.disable_jit():
                 corr = kind.correct(req, jnp.asarray(w0), jnp.asarray(w1), extra)
         else:

@@ -36,7 +36,7 @@ def party_keys(keys: dict, p: int) -> dict:
 def run_parties(program, seed: bytes = SEED, config: mpc.MPCConfig = mpc.MPCConfig(), split: bool = False):
     """program(ctx, party) in both party contexts (two threads) -> [client's, server's]."""
     keys = session_keys(seed)
-    maker = CorrectionMaker(keys, compiled=False)  # called inside the parties' own callbacks
+    maker = CorrectionMaker(keys, compiled=False)  # eager: small programs, few repeated requests
     links = MemoryLink.pair(timeout_s=900)  # a party waits while its peer compiles
     ctxs = [mpc.party_context(p, links[p], party_keys(keys, p), maker.corrections, config, split=split)
             for p in PARTIES]

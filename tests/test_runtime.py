@@ -258,6 +258,40 @@ def test_session_terms_round_trip_and_malformed_terms_are_refused():
         SessionTerms(ranges, "yao")
 
 
+def test_dealer_requests_are_pipelined_and_answered_in_order():
+    """A party's batch of dealer requests: up to DEALER_PIPELINE on the wire before the
+    first answer is read, the answers returned in request order; a malformed answer is
+    a transport error."""
+    import numpy as np
+
+    from mpc.dealer import Request
+    from mpc.transport import TransportError
+    from pspec_jax.runtime.session import DEALER_PIPELINE, dealer_fetch
+
+    class Dealer:  # answers each request with its nonce, as the dealer would: in order
+        def __init__(self, bad=False):
+            self.queue, self.log, self.bad = [], [], bad
+
+        def send(self, msg):
+            self.log.append("send")
+            self.queue.append(int(msg[0][0]))
+
+        def recv(self):
+            self.log.append("recv")
+            nonce = self.queue.pop(0)
+            return [np.asarray([nonce], np.uint64)] * (2 if self.bad else 1)
+
+    n = DEALER_PIPELINE + 8
+    link = Dealer()
+    words = dealer_fetch(link)([(i, Request("triple", ((2,),)), []) for i in range(n)])
+    assert [int(w[0]) for w in words] == list(range(n))
+    assert link.log[:DEALER_PIPELINE + 1] == ["send"] * DEALER_PIPELINE + ["recv"]
+    in_flight = [link.log[:k].count("send") - link.log[:k].count("recv") for k in range(len(link.log) + 1)]
+    assert max(in_flight) == DEALER_PIPELINE and in_flight[-1] == 0
+    with pytest.raises(TransportError, match="sent 2 arrays"):
+        dealer_fetch(Dealer(bad=True))([(0, Request("triple", ((2,),)), [])])
+
+
 def established(port: int) -> int:
     """How many ESTABLISHED TCP connections have `port` as their local port (Linux)."""
     n = 0

@@ -106,6 +106,42 @@ def test_a_callback_returning_the_wrong_shape_is_an_error():
         staged(jnp.ones(3))
 
 
+class Batcher:
+    """Runs a group of host calls as one (`batch`), logging the groups."""
+
+    def __init__(self) -> None:
+        self.groups = []
+
+    def run(self, calls):
+        self.groups.append([fn.name for fn, _ in calls])
+        return [np.asarray(args[0]) * 2 for _, args in calls]
+
+
+class Batchable:
+    def __init__(self, name, batch) -> None:
+        self.name, self.batch = name, batch
+
+    def __call__(self, v):
+        return self.batch([(self, (v,))])[0]
+
+
+def test_consecutive_callbacks_with_the_same_batch_run_as_one_call():
+    batcher, host = Batcher(), Host()
+
+    def doubled(name, x):
+        return io_callback(Batchable(name, batcher.run), jax.ShapeDtypeStruct(x.shape, x.dtype), x, ordered=True)
+
+    def fn(x):
+        a, b = doubled("a", x), doubled("b", x + 1)  # one host step, one call
+        c = host.echo("c", x)                        # a plain callback ends the group
+        d = doubled("d", x + 2)
+        return a + b + c + d
+
+    staged = StagedProgram(fn, (jnp.ones(2),)).compile()
+    np.testing.assert_array_equal(staged(jnp.ones(2)), 2 + 4 + 2 + 6)
+    assert batcher.groups == [["a", "b"], ["d"]] and host.calls == ["c"] and staged.stages == 2
+
+
 _PARTY_RUN = """
 import json, sys
 import jax
