@@ -4,10 +4,11 @@ A `Context` bundles what every protocol needs: the frozen config (static), the c
 (which records into the ledger) and the dealer. Protocols take it as their first argument
 and never read globals.
 
-`secure_jit(fn)` compiles `fn(ctx, *arrays, **static)` once per input signature. The
-ledger entries recorded while tracing depend only on shapes, so they are captured at
-trace time and added once per call; dealer randomness is drawn fresh on every call
-through ordered host callbacks (see `mpc.dealer`).
+`secure_jit(fn)` compiles `fn(ctx, *arrays, **static)` once per input signature, cut at
+its host callbacks into pure stages (`mpc.stages`). The ledger entries recorded while
+tracing depend only on shapes, so they are captured at trace time and added once per
+call; dealer randomness is drawn fresh on every call through host callbacks, in program
+order (see `mpc.dealer`).
 """
 
 from __future__ import annotations

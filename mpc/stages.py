@@ -141,8 +141,12 @@ class StagedProgram:
         traced = jax.jit(lambda *xs: fn(*jax.tree_util.tree_unflatten(self._in_tree, xs))).trace(*leaves)
         self.out_info = traced.out_info
         closed = traced.jaxpr
-        # Without callbacks the program is its own only stage, lowered from this trace.
-        self._whole = None if any(map(_has_host_effect, closed.jaxpr.eqns)) else _Stage(traced.lower, [], [], [])
+        # Without callbacks (or captured constants) the program is its own only stage,
+        # lowered from this trace. Captured constants go through the stages, which pass
+        # them as arguments: no value a program closes over is written into a compiled
+        # program, or into the persistent cache.
+        whole = not closed.consts and not any(map(_has_host_effect, closed.jaxpr.eqns))
+        self._whole = _Stage(traced.lower, [], [], []) if whole else None
         if self._whole is not None:
             self._stages = [self._whole]
             return

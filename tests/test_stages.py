@@ -87,6 +87,19 @@ def test_callbacks_inside_nested_jit_are_inlined_and_without_callbacks_one_stage
     assert plain.stages == 1 and plain.host_calls == 0
 
 
+def test_captured_constants_are_arguments_not_compiled_in():
+    """A value a program closes over (possibly a secret of its party) is passed to the
+    stage as an argument, so it is never written into a compiled program or the cache."""
+    import re
+
+    secret = np.random.default_rng(0).normal(size=100)
+    staged = StagedProgram(lambda x: x * secret + 1, (jnp.ones(100),)).compile()
+    np.testing.assert_array_equal(staged(jnp.ones(100)), secret + 1)
+    (stage,) = staged._stages
+    text = staged._lower(stage).as_text()
+    assert not re.search(r"constant dense<[^>]*> : tensor<100xf64>", text)
+
+
 def test_a_callback_inside_a_loop_is_refused():
     host = Host()
 

@@ -19,7 +19,7 @@ def enable_compilation_cache() -> None:
     if not jax.config.jax_compilation_cache_dir:
         try:
             path = pspec_home() / "jax-cache"
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)  # this user's programs only
         except OSError:
             return  # a read-only home only costs compile time
         jax.config.update("jax_compilation_cache_dir", str(path))
