@@ -30,6 +30,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import threading
 from typing import Any, Callable, Sequence
 
 import jax
@@ -247,6 +248,7 @@ class StagedProgram:
         for stage in self._stages:
             if stage.compiled is None and (stage is self._whole or stage.outs):
                 lowered = self._lower(stage)
+                stage.fn = None  # the trace it holds is not needed again (a long-lived server's memory)
                 jobs.append((stage, (executor or _pool()).submit(lowered.compile, _compiler_options())))
         for stage, job in jobs:
             stage.compiled = job if executor is not None else job.result()
@@ -297,6 +299,10 @@ class StagedProgram:
             raise TypeError(f"staged program called with {tree}, traced with {self._in_tree}")
         if self._whole is not None:
             return self._ready(self._whole)(*leaves)
+        # The host runs at most one program ahead of the device: a program's first host step
+        # (its dealer draws, which wait on nothing) would otherwise pile up material for
+        # every program the caller dispatches before the first one has computed.
+        jax.block_until_ready(getattr(_dispatched, "outputs", None))
         env: dict[int, Any] = dict(self._consts)
         env.update(zip(self._inputs, leaves))
         for s, stage in enumerate(self._stages):
@@ -305,7 +311,12 @@ class StagedProgram:
             self._host_step(stage.callbacks, env)
             for a in self._drops[s]:
                 env.pop(a, None)
-        return jax.tree_util.tree_unflatten(self._out_tree, [_ref(env, a) for a in self._outputs])
+        outputs = [_ref(env, a) for a in self._outputs]
+        _dispatched.outputs = outputs
+        return jax.tree_util.tree_unflatten(self._out_tree, outputs)
+
+
+_dispatched = threading.local()  # this thread's last staged call's outputs
 
 
 @functools.cache
