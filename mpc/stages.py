@@ -123,7 +123,7 @@ def _stage_function(ops: Sequence[_Op], ins: Sequence[int], outs: Sequence[int])
 
 @dataclasses.dataclass
 class _Stage:
-    fn: Callable          # the stage's function over its inputs (the whole program: its lowering)
+    fn: Callable | None   # its function over its inputs (the whole program: its lowering); None once lowered
     ins: list[int]        # the values it reads
     outs: list[int]       # the values it makes that later stages, callbacks or outputs read
     callbacks: list[_Op]  # the host step after it, in program order
