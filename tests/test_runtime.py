@@ -31,6 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_port(proc: Proc) -> int:
+    """The port a party started with `--listen 127.0.0.1:0` bound, read from its log line.
+    (A port picked by the test and bound later can meanwhile be taken, e.g. as the source
+    port of another worker's outgoing connection.)"""
+    return int(proc.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+
+
 class Proc:
     """A party process whose stderr goes to a file (read back by the tests)."""
 
@@ -44,11 +51,11 @@ class Proc:
         self.log.flush()
         return open(self.log_path).read()
 
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> None:
+    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match:
         t0 = time.time()
         while time.time() - t0 < timeout:
-            if re.search(pattern, self.text()):
-                return
+            if m := re.search(pattern, self.text()):
+                return m
             if self.p.poll() is not None:
                 raise AssertionError(f"process exited: {self.text()[-2000:]}")
             time.sleep(0.2)
@@ -74,18 +81,16 @@ def parties(tmp_path, tiny_folder):
     model = tiny_folder("private", seed=3, vocab_size=264)
 
     def start(server_args=(), dealer_args=(), tls=None):
-        dport, sport = free_port(), free_port()
         extra = ["--tls", str(tls)] if tls else []
-        dealer = Proc(["dealer", "--listen", f"127.0.0.1:{dport}", "--timeout", "60", *extra, *dealer_args],
+        dealer = Proc(["dealer", "--listen", "127.0.0.1:0", "--timeout", "60", *extra, *dealer_args],
                       tmp_path / f"dealer{len(procs)}.log", _env())
         procs.append(dealer)
-        server = Proc(["serve", "--listen", f"127.0.0.1:{sport}", "--dealer", f"127.0.0.1:{dport}",
+        dport = listening_port(dealer)
+        server = Proc(["serve", "--listen", "127.0.0.1:0", "--dealer", f"127.0.0.1:{dport}",
                        "--private", str(model), "--timeout", "60", *extra, *server_args],
                       tmp_path / f"server{len(procs)}.log", _env())
         procs.append(server)
-        dealer.wait_for("listening")
-        server.wait_for("listening")
-        return dealer, server, dport, sport
+        return dealer, server, dport, listening_port(server)
 
     yield start, model, tmp_path
     for p in procs:
@@ -342,25 +347,22 @@ class Net:
         self.model, self.other = tmp / "private", tmp / "other"
         self.config = _save_tiny(self.model, seed=3, vocab_size=264)
         _save_tiny(self.other, seed=5, vocab_size=300)  # another shape: another fingerprint
-        self.dport, self.sport = free_port(), free_port()
-        self.dealer = self.start_dealer(self.dport)
-        self.server = self.start_server(self.sport, self.dport)
+        self.dealer, self.dport = self.start_dealer()
+        self.server, self.sport = self.start_server(self.dport)
 
     def proc(self, args, name) -> Proc:
         p = Proc(args, self.tmp / f"{name}{len(self.procs)}.log", _env())
         self.procs.append(p)
         return p
 
-    def start_dealer(self, port, *extra) -> Proc:
+    def start_dealer(self, *extra, port: int = 0) -> tuple[Proc, int]:
         p = self.proc(["dealer", "--listen", f"127.0.0.1:{port}", "--timeout", "60", *extra], "dealer")
-        p.wait_for("listening")
-        return p
+        return p, listening_port(p)
 
-    def start_server(self, port, dport, *extra) -> Proc:
-        p = self.proc(["serve", "--listen", f"127.0.0.1:{port}", "--dealer", f"127.0.0.1:{dport}",
+    def start_server(self, dport, *extra) -> tuple[Proc, int]:
+        p = self.proc(["serve", "--listen", "127.0.0.1:0", "--dealer", f"127.0.0.1:{dport}",
                        "--private", str(self.model), "--timeout", "60", *extra], "server")
-        p.wait_for("listening")
-        return p
+        return p, listening_port(p)
 
     def probe(self, port=None) -> None:
         """A session handshake with the server succeeds (it is still accepting clients);
@@ -475,8 +477,7 @@ def exit_line(c, timeout: float) -> str:
 def test_fault_server_killed_mid_run(net):
     """The server dies during a session: the client exits 2 well within its --timeout
     of seeing the loss, with one line naming the server."""
-    sport = free_port()
-    server = net.start_server(sport, net.dport)
+    server, sport = net.start_server(net.dport)
     c = net.proc(["generate", PROMPT, "--private", str(net.model), "--server", f"127.0.0.1:{sport}",
                   "--dealer", f"127.0.0.1:{net.dport}", "--mode", "secure", "--max-new-tokens", "30",
                   "--timeout", "20", "--json"], "client")
@@ -510,7 +511,7 @@ def test_fault_dealer_killed_mid_session(net):
                         r"|connection to (dealer|server) lost.*)", line), line
     wait_until(lambda: net.server.text().count("dropped") > n, 60, "the server to drop the session")
     assert "Traceback" not in net.server.text()
-    net.dealer = net.start_dealer(net.dport)
+    net.dealer, _ = net.start_dealer(port=net.dport)
     net.probe()
 
 
@@ -551,10 +552,9 @@ def tls_net(tmp_path_factory):
     n = Net.__new__(Net)
     n.tmp, n.procs, n.model = tmp, [], tmp / "private"
     n.config = _save_tiny(n.model, seed=3, vocab_size=264)
-    n.dport, n.sport = free_port(), free_port()
     try:
-        n.dealer = n.start_dealer(n.dport, "--tls", str(tmp / "ca1"))
-        n.server = n.start_server(n.sport, n.dport, "--tls", str(tmp / "ca1"))
+        n.dealer, n.dport = n.start_dealer("--tls", str(tmp / "ca1"))
+        n.server, n.sport = n.start_server(n.dport, "--tls", str(tmp / "ca1"))
         yield n
     finally:
         n.close()
