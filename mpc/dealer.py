@@ -585,6 +585,14 @@ class Dealer:
             self._record.append(result)
         return result
 
+    def derived(self, fn: Callable, *operands):
+        """`fn(*operands)`, where the operands are dealer material and values fixed for
+        the session (never a party's online values): offline work. A split program
+        computes it in its offline program and replays the result online, like a draw
+        (e.g. the client's A ∘ F of a weight product: a weight-sized ring product that
+        would otherwise dominate a decoding step's online compute)."""
+        return self._drawn(lambda: fn(*operands))
+
     def material(self, req: Request, extra=None, handles: Sequence[jax.Array] = ()):
         """Party-by-party outputs of one request: ({p: outputs}, request number)."""
         kind = KINDS[req.kind]

@@ -35,6 +35,20 @@ def test_msb_edges_and_random(ctx):
     np.testing.assert_array_equal(bits, (v < 0).astype(np.uint64))
 
 
+@pytest.mark.parametrize("bits", [8, 9, 11, 13, 16, 21, 22, 32, 33])
+def test_msb_lane_packed_widths(bits):
+    """Kogge-Stone packs ⌊64/ℓ⌋ ℓ-bit lanes per word: every width's lanes stay apart
+    (edges ±(2^(ℓ−1) − 1), 0, −1 next to each other in one word, and an element count
+    that leaves the last word part-filled)."""
+    ctx = mpc.Context(seed=b"lanes")
+    lim = 2 ** (bits - 1)
+    rng = np.random.default_rng(bits)
+    edges = np.array([lim - 1, -lim, -1, 0, 1, -lim + 1, lim - 2, -2], np.int64)
+    v = np.concatenate([edges, rng.integers(-lim, lim, size=3 * 67 - len(edges), dtype=np.int64)]).reshape(3, 67)
+    got = _open_bits(ctx, C.msb(ctx, _share_ring(ctx, v), bits=bits))
+    np.testing.assert_array_equal(got, (v < 0).astype(np.uint64))
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=30))
 def test_relu_property(xs):

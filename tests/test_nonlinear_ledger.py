@@ -31,10 +31,11 @@ def _cost(ctx, fn, *args):
 
 
 # --- per-step formulas (bytes per party, rounds) -------------------------------------------------
-def msb(bits, n):
+def msb(bits, n):  # Kogge-Stone on words of 64 // bits lanes (the last word padded)
     bits = max(8, bits)
     lv = math.ceil(math.log2(bits - 1))
-    return 4 * lv * math.ceil(n * bits / 8), 1 + lv
+    lanes = 64 // bits
+    return 4 * lv * math.ceil(-(-n // lanes) * lanes * bits / 8), 1 + lv
 
 
 def add(*parts):

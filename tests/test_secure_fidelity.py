@@ -52,7 +52,9 @@ def test_blocked_ring_product_is_exact():
         assert bool(jnp.all(prod(a, b) == ring_matmul(a, b)))
         assert bool(jnp.all(prod(a, w) == ring_matmul_small(a, w.astype(jnp.float64))))
         a2 = a[..., :40]  # (1, 3, 40) @ b.T (40, 96): blocks of a transposed operand
-        assert bool(jnp.all(jax.jit(lambda x, y: ops.blocked_ring_product(x, y.T))(a2, b) == ring_matmul(a2, b.T)))
+        for b_transposed in (False, True):
+            prod_t = jax.jit(lambda x, y, t=b_transposed: ops.blocked_ring_product(x, y.T, b_transposed=t))
+            assert bool(jnp.all(prod_t(a2, b) == ring_matmul(a2, b.T)))
     finally:
         ops.CHUNK_ENTRIES = old
 

@@ -3,14 +3,18 @@
 MSB follows the A2B-with-carry-tree design of SPU and CrypTen: each party's share, as a
 bit string, is one addend of x = x_0 + x_1; the sign bit of the sum is
 p_63 ⊕ carry_63, and the carry into bit 63 is a parallel-prefix (Kogge–Stone) over
-generate/propagate bits, computed with dealer AND triples on whole 64-bit words (one
-word per element, every level of every element of a call batched into one exchange).
+generate/propagate bits, computed with dealer AND triples on whole 64-bit words, every
+level of every element of a call batched into one exchange. The words are lane-packed:
+an ℓ-bit comparison puts k = ⌊64/ℓ⌋ elements in one word (shifts clear what crosses
+into the next lane), so a 16-bit comparison ANDs a quarter of the words — the local
+work and the dealer's triples shrink k-fold, the wire carries the same ℓ bits per element.
 
-Costs per party for n elements, with ℓ = `MPCConfig.compare_bits` (64 by default) and
-L = ⌈log2(ℓ − 1)⌉ prefix levels (6 for ℓ = 64):
-  msb:         1 + L rounds; 4·L·⌈ℓ/8⌉·n bytes (2L ANDs: the generate AND, two per
-               level but the last, one at the last; each opens two ℓ-bit words per
-               element) — 7 rounds and 192·n bytes at ℓ = 64
+Costs per party for n elements, with ℓ = `MPCConfig.compare_bits` (64 by default) or the
+caller's, L = ⌈log2(ℓ − 1)⌉ prefix levels (6 for ℓ = 64), m = ⌈n/k⌉ words:
+  msb:         1 + L rounds; 4·L·⌈m·k·ℓ/8⌉ bytes (≈ 4·L·ℓ·n/8: 2L ANDs, the generate
+               AND, two per level but the last, one at the last; each opens two words of
+               k·ℓ bits) — 7 rounds and 192·n bytes at ℓ = 64; dealer 2L AND triples of
+               m words (8·m bytes each)
   b2a:         1 round, ⌈n/8⌉ bytes
   select_bit:  1 round, 8·n + ⌈n/8⌉ bytes (B2A fused with the product)
   relu, select, lt: msb + select_bit.
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 from mpc.channel import Rider
 from mpc.context import Context
 from mpc.protocols.fss import msb_dcf
+from mpc.ring import DTYPE
 from mpc.shares import CLIENT, SERVER, Shared, XorShared, local_xor
 
 _ONE = np.uint64(1)
@@ -68,28 +74,56 @@ def msb(ctx: Context, x: Shared, op: str = "msb", bits: int | None = None) -> Xo
         raise ValueError(f"msb: bits must be in [8, 64], got {bits}")
     if ctx.config.comparison == "dcf":
         return msb_dcf(ctx, x, bits, op=op)
-    mask = _low_mask(bits)
-    zeros = np.zeros(x.shape, np.uint64)
+    # ℓ-bit lanes, ⌊64/ℓ⌋ per word: the circuit runs on fewer words (every AND, its
+    # dealer triple and the local work), the wire carries the same ℓ bits per element.
+    lanes = 64 // bits
+    n = x.size
+    words = -(-n // lanes)
+    offsets = np.arange(lanes, dtype=np.uint64) * np.uint64(bits)
+    lane_mask = _lanes(_low_mask(bits), lanes, bits)
+    wire_bits = lanes * bits
+
+    def pack(v):  # (parties, *shape) -> (parties, words): element i in lane i mod lanes
+        v = (v & _low_mask(bits)).reshape(v.shape[0], -1)
+        v = jnp.pad(v, ((0, 0), (0, words * lanes - n))).reshape(v.shape[0], words, lanes)
+        return (v << offsets).sum(axis=-1)  # disjoint fields: the sum is their OR
+
+    def shifted(w: XorShared, s: int) -> XorShared:
+        # w << s within each lane: bits that cross into the next lane are cleared
+        return (w << s).and_public(_lanes(_low_mask(bits) ^ _low_mask(s), lanes, bits))
+
     # Each party's share, as a bit string, is one addend: party q's word x_q held as a XOR
     # sharing (x_q, 0). Generate bits g = x_0 & x_1 (an AND of two privately held words);
     # propagate p = x_0 ⊕ x_1 (local: each party's share of p is its own word).
-    def addend(q: int) -> XorShared:
-        return local_xor(ctx.parties, lambda party: x.share(party) & mask if party == q else zeros)
+    own = x.map(pack, frac=0)
+    zeros = jnp.zeros((words,), DTYPE)
 
-    p = local_xor(ctx.parties, lambda party: x.share(party) & mask)
-    (g,) = and_many(ctx, [(addend(CLIENT), addend(SERVER))], bits=bits, op=f"{op}/and")
+    def addend(q: int) -> XorShared:
+        return local_xor(ctx.parties, lambda party: own.share(party) if party == q else zeros)
+
+    p = local_xor(ctx.parties, own.share)
+    (g,) = and_many(ctx, [(addend(CLIENT), addend(SERVER))], bits=wire_bits, op=f"{op}/and")
     p_top = p >> (bits - 1)
     levels = math.ceil(math.log2(bits - 1))
     for level in range(levels):
         s = 1 << level
         if level < levels - 1:
-            gp, pp = and_many(ctx, [(p, g << s), (p, p << s)], bits=bits, op=f"{op}/and")
-            g, p = (g ^ gp).and_public(mask), pp.and_public(mask)
+            gp, pp = and_many(ctx, [(p, shifted(g, s)), (p, shifted(p, s))], bits=wire_bits, op=f"{op}/and")
+            g, p = g ^ gp, pp
         else:
-            (gp,) = and_many(ctx, [(p, g << s)], bits=bits, op=f"{op}/and")
-            g = (g ^ gp).and_public(mask)
-    # g now holds, in bit i, the carry out of bits [0, i]; the carry into the top bit is bit ℓ−2.
-    return (p_top ^ (g >> (bits - 2))).and_public(_ONE)
+            (gp,) = and_many(ctx, [(p, shifted(g, s))], bits=wire_bits, op=f"{op}/and")
+            g = g ^ gp
+    # g now holds, in bit i of a lane, the carry out of its bits [0, i]; the carry into the
+    # top bit is bit ℓ−2. Each lane's sign bit lands in the lane's bit 0, then in bit 0 of
+    # its element's word.
+    top = p_top ^ (g >> (bits - 2))
+    return top.map(lambda v: ((v[..., None] >> offsets) & _ONE).reshape(v.shape[0], -1)[:, :n]
+                   .reshape(v.shape[0], *x.shape))
+
+
+def _lanes(word: np.uint64, lanes: int, bits: int) -> np.uint64:
+    """`word` (< 2^bits) repeated in each of `lanes` lanes of `bits` bits."""
+    return np.uint64(sum(int(word) << (k * bits) for k in range(lanes)))
 
 
 def b2a(ctx: Context, b: XorShared, op: str = "b2a") -> Shared:

@@ -173,10 +173,10 @@ def weight_products(ctx: Context, x: Shared, sws: list[ServerWeight], product: s
     e = ctx.channel.send(op, CLIENT, lambda: x.share(CLIENT) - a, jax.ShapeDtypeStruct(x.shape, DTYPE))
 
     def party_product(p: int, sw: ServerWeight, c: Shared) -> jax.Array:
-        # 3. Client: A ∘ F + c_0 (A, F, c_0 are known before the call: precomputable).
+        # 3. Client: A ∘ F + c_0 (A, F, c_0 are known before the call: offline work).
         #    Server: (x_1 + E) ∘ W + c_1.     Sum: A∘(F + B − W) + x∘W = x∘W.
         if p == CLIENT:
-            return fn(a, sw.f) + c.share(CLIENT)
+            return ctx.dealer.derived(lambda a_, f, c0: fn(a_, f) + c0, a, sw.f, c.share(CLIENT))
         if impl is not None:
             return impl(x.share(SERVER) + e, sw.w if sw.w_small is None else sw.w_small) + c.share(SERVER)
         if product == "matmul" and sw.w_small is not None:

@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,7 +46,7 @@ from mpc.protocols import compare as C
 from mpc.channel import Rider
 from mpc.protocols.fss import msb_dcf_begin
 from mpc.protocols import linear as L
-from mpc.ring import DTYPE, ring_matmul
+from mpc.ring import DTYPE
 from mpc.shares import Shared, XorShared, concatenate, concatenate_xor, stack
 
 
@@ -162,11 +163,6 @@ def select_many(ctx: Context, bits: XorShared, values: Shared, op: str = "select
 
 def _bit(b: XorShared, i: int) -> XorShared:
     return b[i]
-
-
-def _public_linear(x: Shared, a: np.ndarray) -> Shared:
-    """x @ A along the last axis for a public integer matrix A (local, exact)."""
-    return x.map(lambda v: ring_matmul(v, np.asarray(a, np.int64).astype(np.uint64)))
 
 
 # --- polynomials ------------------------------------------------------------------------------
@@ -452,11 +448,7 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     bits, drop = cmp.params(x.frac)
     view = coarse_view(x, drop)
     beta = msb_arith(ctx, view[..., ii] - view[..., jj], bits, op=f"{op}/pairs")  # (..., P) 0/1
-    inc = np.zeros((len(ii), g), np.int64)
-    inc[np.arange(len(ii)), jj] += 1
-    inc[np.arange(len(ii)), ii] -= 1
-    base = (g - 1 - np.arange(g)).astype(np.uint64)  # #{k > j}
-    wins = _public_linear(beta, inc).add_public(base)
+    wins = beta.map(lambda v: _pair_counts(v, g)).add_public((g - 1 - np.arange(g)).astype(np.uint64))
     cbits = max(8, math.ceil(math.log2(g)) + 2)
     loses = msb_bits(ctx, wins.add_public(np.uint64(2**64 - (g - 1))), cbits, op=f"{op}/winner")
     items = [x, *carry]
@@ -466,6 +458,21 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     picked = C.select_bit(ctx, win, vals, op=f"{op}/select").sum(axis=-1)  # (K, ...)
     outs = [picked[k].with_frac(v.frac) for k, v in enumerate(items)]
     return outs[0], outs[1:]
+
+
+def _pair_counts(beta: jax.Array, g: int) -> jax.Array:
+    """Σ_{i<j} β_ij − Σ_{k>j} β_jk for each j, from β over the pairs i < j of g elements
+    in `np.triu_indices` order (last axis; local, exact mod 2^64). Each j is in g − 1
+    pairs: one gather of them and a signed sum (a matmul with the ±1 incidence matrix
+    would split it into limbs on every call)."""
+    ii, jj = np.triu_indices(g, 1)
+    pairs = np.zeros((g, g - 1), np.int64)
+    signs = np.zeros((g, g - 1), np.uint64)
+    for j in range(g):
+        as_larger, as_smaller = np.flatnonzero(jj == j), np.flatnonzero(ii == j)
+        pairs[j] = np.concatenate([as_larger, as_smaller])
+        signs[j] = [1] * len(as_larger) + [2**64 - 1] * len(as_smaller)
+    return (beta[..., pairs] * signs).sum(axis=-1)
 
 
 def tree_levels(n: int, group: int) -> int:

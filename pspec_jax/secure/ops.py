@@ -12,6 +12,7 @@ and biases are the server's; positions, RoPE tables and the causal mask are publ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -73,10 +74,13 @@ def _block_width(k: int, n: int, max_entries: int | None = None) -> int:
     return max((d for d in range(1, n + 1) if n % d == 0 and k * d <= max_entries), default=n)
 
 
-def blocked_ring_product(a: jax.Array, b: jax.Array) -> jax.Array:
+def blocked_ring_product(a: jax.Array, b: jax.Array, b_transposed: bool = False) -> jax.Array:
     """Exact a @ b mod 2^64 (a uint64 (..., m, k); b (k, n) uint64, or float holding small
     signed integers: the server's plain weight, `ring_matmul_small`), over column blocks of
-    b in a `fori_loop` so that only one block's limbs are alive at a time."""
+    b in a `fori_loop` so that only one block's limbs are alive at a time.
+    `b_transposed`: b is the transpose of a stored matrix (a tied LM head); its column
+    blocks are then read as row blocks of that matrix — slicing b's columns would
+    materialise all of the transpose first (113 MB for SmolLM2's head, every call)."""
     from mpc.ring import ring_matmul, ring_matmul_small
 
     prod = ring_matmul if b.dtype == jnp.uint64 else ring_matmul_small
@@ -88,9 +92,15 @@ def blocked_ring_product(a: jax.Array, b: jax.Array) -> jax.Array:
     out = jnp.zeros((*a.shape[:-1], n), jnp.uint64)
     zeros = (0,) * (a.ndim - 1)
 
+    # Outside the loop, where XLA cancels b.T against the transpose that made b.
+    stored = b.T if b_transposed else b
+
     def body(i, out):
         col = i * width
-        blk = jax.lax.dynamic_slice(b, (0, col), (k, width))
+        if b_transposed:  # the block as rows of the stored matrix (see the docstring)
+            blk = jax.lax.dynamic_slice(stored, (col, 0), (width, k)).T
+        else:
+            blk = jax.lax.dynamic_slice(stored, (0, col), (k, width))
         return jax.lax.dynamic_update_slice(out, prod(a, blk), (*zeros, col))
 
     return jax.lax.fori_loop(0, n // width, body, out)
@@ -108,7 +118,8 @@ def _weight_product(ctx: mpc.Context, x: Shared, sw: L.ServerWeight, op: str) ->
         return L.matmul_weight(ctx, x, sw, op=op)
     if x.shape[-1] != sw.shape[0]:
         raise ValueError(f"matmul_weight: {x.shape} @ {sw.shape}")
-    return L.weight_products(ctx, x, [sw], "matmul", op, impl=blocked_ring_product)[0]
+    impl = functools.partial(blocked_ring_product, b_transposed=sw.transposed)
+    return L.weight_products(ctx, x, [sw], "matmul", op, impl=impl)[0]
 
 
 class SecureOps:
