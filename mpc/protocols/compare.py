@@ -80,7 +80,6 @@ def msb(ctx: Context, x: Shared, op: str = "msb", bits: int | None = None) -> Xo
     n = x.size
     words = -(-n // lanes)
     offsets = np.arange(lanes, dtype=np.uint64) * np.uint64(bits)
-    lane_mask = _lanes(_low_mask(bits), lanes, bits)
     wire_bits = lanes * bits
 
     def pack(v):  # (parties, *shape) -> (parties, words): element i in lane i mod lanes

@@ -448,7 +448,7 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     bits, drop = cmp.params(x.frac)
     view = coarse_view(x, drop)
     beta = msb_arith(ctx, view[..., ii] - view[..., jj], bits, op=f"{op}/pairs")  # (..., P) 0/1
-    wins = beta.map(lambda v: _pair_counts(v, g)).add_public((g - 1 - np.arange(g)).astype(np.uint64))
+    wins = beta.map(lambda v: _pair_counts(v, ii, jj)).add_public((g - 1 - np.arange(g)).astype(np.uint64))
     cbits = max(8, math.ceil(math.log2(g)) + 2)
     loses = msb_bits(ctx, wins.add_public(np.uint64(2**64 - (g - 1))), cbits, op=f"{op}/winner")
     items = [x, *carry]
@@ -460,12 +460,12 @@ def group_max(ctx: Context, x: Shared, cmp: CoarseCompare, carry: list[Shared] =
     return outs[0], outs[1:]
 
 
-def _pair_counts(beta: jax.Array, g: int) -> jax.Array:
-    """Σ_{i<j} β_ij − Σ_{k>j} β_jk for each j, from β over the pairs i < j of g elements
-    in `np.triu_indices` order (last axis; local, exact mod 2^64). Each j is in g − 1
-    pairs: one gather of them and a signed sum (a matmul with the ±1 incidence matrix
-    would split it into limbs on every call)."""
-    ii, jj = np.triu_indices(g, 1)
+def _pair_counts(beta: jax.Array, ii: np.ndarray, jj: np.ndarray) -> jax.Array:
+    """Σ_{i<j} β_ij − Σ_{k>j} β_jk for each j, from β over the pairs (ii, jj) of g
+    elements, i < j (last axis; local, exact mod 2^64). Each j is in g − 1 pairs: one
+    gather of them and a signed sum (a matmul with the ±1 incidence matrix would split
+    it into limbs on every call)."""
+    g = int(jj.max()) + 1  # g ≥ 2: group_max returns early for one element
     pairs = np.zeros((g, g - 1), np.int64)
     signs = np.zeros((g, g - 1), np.uint64)
     for j in range(g):
